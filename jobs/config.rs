@@ -1,0 +1,217 @@
+//! `cspbill.toml`: the partner (invoice issuer), the warehouse URL, the input locations and the billing
+//! policies (DESIGN §4.3). Paths are relative to the file's folder unless they are URLs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use pipeline::{AzureUsageSource, FxDatePolicy, Period, Policies, ProrationPolicy, RoundingMode};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::error::Failure;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub partner: Partner,
+    #[serde(default)]
+    pub warehouse: WarehouseConfig,
+    pub inputs: Inputs,
+    #[serde(default)]
+    pub billing: Billing,
+    #[serde(default)]
+    pub anomalies: Anomalies,
+    /// The folder the file is in: relative paths resolve against it. Not read from the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file itself, for messages.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// The MSP issuing the invoices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partner {
+    pub name: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub tax_id: String,
+    #[serde(default)]
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// Local folder (relative to the config file) or `s3://`, `az://`, `abfs://`, `gs://` URL.
+    #[serde(default = "default_warehouse")]
+    pub url: String,
+    /// Extra object-store options (`aws_endpoint_url`, `azure_storage_use_emulator`, ...), as object_store keys.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_warehouse() -> String {
+    "./warehouse".into()
+}
+
+impl Default for WarehouseConfig {
+    fn default() -> Self {
+        Self { url: default_warehouse(), options: BTreeMap::new() }
+    }
+}
+
+/// Where inputs are. `partner_center` may contain `{period}`, replaced by `YYYY-MM`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inputs {
+    pub partner_center: String,
+    pub customers: String,
+    #[serde(default)]
+    pub org_units: Option<String>,
+    pub rate_cards: String,
+    #[serde(default)]
+    pub tag_rules: Option<String>,
+    #[serde(default)]
+    pub fx_rates: Option<String>,
+    #[serde(default)]
+    pub manual_lines: Option<String>,
+    #[serde(default)]
+    pub psa_time_entries: Option<String>,
+    #[serde(default)]
+    pub license_activity: Option<String>,
+    #[serde(default)]
+    pub utilization: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Billing {
+    #[serde(default)]
+    pub rounding: RoundingMode,
+    #[serde(default)]
+    pub proration: ProrationPolicy,
+    #[serde(default)]
+    pub fx_date: FxDatePolicy,
+    #[serde(default)]
+    pub azure_usage_source: AzureUsageSource,
+    #[serde(default = "default_prefix")]
+    pub invoice_prefix: String,
+    /// Fixed invoice date; when absent, the invoice date is the first day after the period (never the clock).
+    #[serde(default)]
+    pub invoice_date: Option<NaiveDate>,
+    #[serde(default)]
+    pub max_rejected_rows: u64,
+}
+
+fn default_prefix() -> String {
+    "INV".into()
+}
+
+impl Default for Billing {
+    fn default() -> Self {
+        Self {
+            rounding: RoundingMode::default(),
+            proration: ProrationPolicy::default(),
+            fx_date: FxDatePolicy::default(),
+            azure_usage_source: AzureUsageSource::default(),
+            invoice_prefix: default_prefix(),
+            invoice_date: None,
+            max_rejected_rows: 0,
+        }
+    }
+}
+
+/// Anomaly thresholds (DESIGN §5 "Anomalies"), with per-customer overrides keyed by customer id.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anomalies {
+    #[serde(flatten)]
+    pub defaults: Thresholds,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Thresholds>,
+}
+
+/// Every field optional: an override names only what it changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub budget_warning: Option<Decimal>,
+    pub budget_critical: Option<Decimal>,
+    pub deployment_factor: Option<Decimal>,
+    pub license_unused_days: Option<i64>,
+    pub cpu_floor_pct: Option<Decimal>,
+    pub cpu_days: Option<i64>,
+    pub tag_compliance_warning: Option<Decimal>,
+    pub tag_compliance_critical: Option<Decimal>,
+    pub margin_warning_points: Option<Decimal>,
+    pub margin_critical_points: Option<Decimal>,
+}
+
+impl Config {
+    /// Reads and validates the file; any problem is a usage error (exit 2) naming the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("cannot read config `{}`: {e}; pass --config with the path of your cspbill.toml", path.display())))?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
+            Failure::usage(format!("config `{}` is not valid: {e}; see sample_data/cspbill.toml for the layout", path.display()))
+        })?;
+        cfg.path = path.to_path_buf();
+        cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if cfg.base_dir.as_os_str().is_empty() {
+            cfg.base_dir = PathBuf::from(".");
+        }
+        Ok(cfg)
+    }
+
+    /// Resolves an input location: URLs stay as they are, relative paths resolve against the config's folder.
+    pub fn resolve(&self, location: &str) -> String {
+        if is_url(location) || Path::new(location).is_absolute() {
+            location.to_string()
+        } else {
+            self.base_dir.join(location).to_string_lossy().into_owned()
+        }
+    }
+
+    /// The folder (or URL prefix) holding the period's Partner Center snapshot.
+    pub fn partner_center_location(&self, period: Period) -> String {
+        self.resolve(&self.inputs.partner_center.replace("{period}", &period.to_string()))
+    }
+
+    /// The billing policies for a run of `period`, with an optional `--invoice-date` override.
+    pub fn policies(&self, period: Period, invoice_date: Option<NaiveDate>) -> Policies {
+        let b = &self.billing;
+        Policies {
+            rounding: b.rounding,
+            proration: b.proration,
+            fx_date: b.fx_date,
+            azure_usage_source: b.azure_usage_source,
+            invoice_prefix: b.invoice_prefix.clone(),
+            invoice_date: invoice_date.or(b.invoice_date).unwrap_or_else(|| period.next().start()),
+            issuer: self.partner.name.clone(),
+            max_rejected_rows: b.max_rejected_rows,
+        }
+    }
+
+    /// The warehouse URL, from `--warehouse` / `CSPBILL_WAREHOUSE` or the file.
+    pub fn warehouse_url(&self, over: Option<&str>) -> String {
+        match over {
+            Some(u) => u.to_string(),
+            None => self.resolve(&self.warehouse.url),
+        }
+    }
+}
+
+/// Whether a location is a URL (`scheme://...`) rather than a local path.
+pub fn is_url(location: &str) -> bool {
+    location.split_once("://").is_some_and(|(s, _)| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
+}
+
+/// Loads a config, with context for the caller.
+pub fn load(path: &Path) -> Result<Config> {
+    Config::load(path).with_context(|| format!("loading `{}`", path.display()))
+}

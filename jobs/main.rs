@@ -1,0 +1,33 @@
+//! `cspbill`: month-end billing for Microsoft CSP resellers. This file parses the command line, installs
+//! logging, dispatches to the jobs and maps outcomes to exit codes (0 ok, 1 invariant/commit, 2 usage/input).
+
+#![allow(dead_code)] // modules are being filled in; removed once every job is wired
+
+mod cli;
+mod config;
+mod error;
+mod explain;
+mod exports;
+mod generate;
+mod inputs;
+mod manifest;
+mod reference;
+mod run;
+mod warehouse;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    cli::init_logging(&args.global);
+    let outcome = cli::dispatch(args);
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(err) => {
+            let code = error::exit_code(&err);
+            // `{:#}` prints the whole context chain on one line: what failed, where, and what to do.
+            eprintln!("error: {err:#}");
+            std::process::exit(code);
+        }
+    }
+}
