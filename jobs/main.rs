@@ -31,3 +31,9 @@ fn main() {
         }
     }
 }
+
+/// SHA-256 of a byte string, lower-case hex: the checksum of every input and output in manifests.
+pub fn inputs_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}

@@ -15,6 +15,7 @@ pub mod decimal;
 pub mod error;
 pub mod family;
 pub mod ingest;
+pub mod invariants;
 pub mod invoice;
 pub mod lineid;
 pub mod rate;
