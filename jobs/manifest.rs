@@ -1,1 +1,110 @@
-//! (Being built.)
+//! The run manifest (`_runs/<run_id>.json`): inputs with checksums, outputs with row counts and checksums,
+//! control totals and invariants, timings, versions (DESIGN §3, §6). Built as the run goes, published with the
+//! commit; a failed run prints the numbers instead.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One output table written by the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputTable {
+    pub table: String,
+    pub zone: String,
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// One invariant checked by the run: its name, whether it held, and the numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub run_id: String,
+    pub period: String,
+    pub mode: String,
+    pub status: String,
+    pub cspbill_version: String,
+    pub polars_version: String,
+    pub warehouse: String,
+    pub config: BTreeMap<String, String>,
+    pub policies: Value,
+    pub started_at: String,
+    pub finished_at: String,
+    /// Milliseconds per stage, in run order.
+    pub timings_ms: Vec<(String, u128)>,
+    pub inputs: Value,
+    pub reference_files: Value,
+    pub outputs: Vec<OutputTable>,
+    pub control_totals: BTreeMap<String, Value>,
+    pub checks: Vec<Check>,
+    pub warnings: Vec<String>,
+}
+
+impl Manifest {
+    pub fn new(run_id: &str, period: &str, mode: &str, warehouse: &str, started_at: String) -> Self {
+        Self {
+            run_id: run_id.into(),
+            period: period.into(),
+            mode: mode.into(),
+            status: "running".into(),
+            cspbill_version: env!("CARGO_PKG_VERSION").into(),
+            polars_version: "0.55.2".into(),
+            warehouse: warehouse.into(),
+            config: BTreeMap::new(),
+            policies: Value::Null,
+            started_at,
+            finished_at: String::new(),
+            timings_ms: Vec::new(),
+            inputs: Value::Null,
+            reference_files: Value::Null,
+            outputs: Vec::new(),
+            control_totals: BTreeMap::new(),
+            checks: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Records an invariant; returns whether it held.
+    pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
+        self.checks.push(Check { name: name.into(), ok, detail: detail.into() });
+        ok
+    }
+
+    /// The invariants that failed, as one message naming the numbers.
+    pub fn failures(&self) -> Option<String> {
+        let failed: Vec<String> = self.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        (!failed.is_empty()).then(|| failed.join("\n  "))
+    }
+
+    pub fn total(&mut self, name: &str, v: impl Serialize) {
+        self.control_totals.insert(name.into(), serde_json::to_value(v).unwrap_or(Value::Null));
+    }
+}
+
+/// Times the stages of a run.
+pub struct Timer {
+    start: Instant,
+    pub laps: Vec<(String, u128)>,
+}
+
+impl Timer {
+    pub fn new() -> Self {
+        Self { start: Instant::now(), laps: Vec::new() }
+    }
+    /// Records the time since the previous lap under `stage`.
+    pub fn lap(&mut self, stage: &str) {
+        let now = Instant::now();
+        self.laps.push((stage.into(), now.duration_since(self.start).as_millis()));
+        self.start = now;
+    }
+}
