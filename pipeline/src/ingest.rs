@@ -759,8 +759,8 @@ pub fn ingest_counts(raw: LazyFrame, opts: &StageOptions) -> LazyFrame {
     raw.group_by_stable([col("source_file")]).agg([
         len().cast(DataType::Int64).alias("rows_in"),
         cost.sum().alias("cost_in"),
-        rounded.sum().alias("rounded_values"),
-        padded.sum().alias("padded_sku_ids"),
+        rounded.sum().cast(DataType::Int64).alias("rounded_values"),
+        padded.sum().cast(DataType::Int64).alias("padded_sku_ids"),
     ])
 }
 
