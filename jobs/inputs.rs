@@ -186,6 +186,8 @@ struct CsvScan {
     data_records: u64,
     /// Line numbers (header = 1, counting records) whose field count differs from the header's, with the count.
     ragged: Vec<(i64, usize, bool)>,
+    /// The file ends inside a quoted field (it was cut): the byte offset where that last record starts.
+    open_quote_tail: Option<u64>,
 }
 
 /// Splits one CSV record (without its line end) into fields, RFC 4180 quoting.
@@ -222,6 +224,8 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
     let mut content = false;
     let mut first_two: Vec<u8> = Vec::new(); // bytes of the header and first data record
     let mut records_seen = 0u64; // header included
+    let mut pos: u64 = 0; // file offset of the byte being scanned
+    let mut record_start: u64 = 0;
     let finish = |scan: &mut CsvScan,
                   fields: usize,
                   truncated: bool,
@@ -274,6 +278,7 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
         };
         carry = chunk[valid..].to_vec();
         for &b in &chunk[..valid] {
+            pos += 1;
             if records_seen < 2 {
                 first_two.push(b);
             }
@@ -303,6 +308,7 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
                     }
                     fields = 1;
                     content = false;
+                    record_start = pos;
                 }
                 b'\r' => {}
                 _ => content = true,
@@ -317,6 +323,9 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
     if content {
         // The last record has no line end: fine, unless a quoted field was never closed (the file is cut).
         finish(&mut scan, fields, in_q, &mut records_seen, &mut first_two);
+        if in_q && records_seen > 1 {
+            scan.open_quote_tail = Some(record_start);
+        }
     }
     scan.sha256 = hex::encode(hasher.finalize());
     Ok(scan)
@@ -405,12 +414,24 @@ fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
     let schema: Schema = (0..scan.header.len())
         .map(|i| Field::new(format!("c{i}").into(), DataType::String))
         .collect();
-    let lf = LazyCsvReader::new(PlRefPath::try_from_path(path)?)
+    // A file cut inside a quoted field would make Polars fail on the unclosed quote: read it without its last
+    // record, which becomes a reject below (a rare, damaged file: reading it into memory is fine).
+    let reader = match scan.open_quote_tail {
+        Some(start) => {
+            let mut bytes =
+                std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            bytes.truncate(start as usize);
+            LazyCsvReader::new_with_sources(ScanSources::Buffers(Arc::from(vec![bytes.into()])))
+        }
+        None => LazyCsvReader::new(PlRefPath::try_from_path(path)?),
+    };
+    let lf = reader
         .with_has_header(false)
         .with_skip_rows(1)
         .with_schema(Some(Arc::new(schema)))
         .with_truncate_ragged_lines(true)
         .with_missing_is_null(true)
+        .with_raise_if_empty(false)
         .with_row_index(Some(RowIndex {
             name: "line_number".into(),
             offset: 2,
@@ -454,7 +475,35 @@ fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
         reason.alias("row_problem_reason"),
         lit(NULL).cast(DataType::String).alias("raw"),
     ]);
-    let raw = lf.select(exprs);
+    let mut raw = lf.select(exprs);
+    if let Some(start) = scan.open_quote_tail {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let tail = String::from_utf8_lossy(&bytes[start as usize..]).to_string();
+        let line = scan.ragged.last().map(|r| r.0).unwrap_or(0);
+        let mut cols: Vec<Column> = map
+            .present()
+            .iter()
+            .map(|c| Column::full_null((*c).into(), 1, &DataType::String))
+            .collect();
+        cols.extend([
+            Column::new("source_file".into(), [name.clone()]),
+            Column::new("source_format".into(), [format]),
+            Column::new("line_number".into(), [line]),
+            Column::new("row_problem".into(), ["ragged_row"]),
+            Column::new(
+                "row_problem_reason".into(),
+                [
+                    "the file ends inside a quoted value: it was cut short; re-download the export"
+                        .to_string(),
+                ],
+            ),
+            Column::new("raw".into(), [tail]),
+        ]);
+        let tail_df = DataFrame::new_infer_height(cols)
+            .map_err(|e| anyhow::anyhow!("cannot build the last row of `{name}`: {e}"))?;
+        raw = concat([raw, tail_df.lazy()], UnionArgs::default())?;
+    }
 
     let mut stats = empty_stats(name.clone(), path);
     stats.sha256 = scan.sha256;
