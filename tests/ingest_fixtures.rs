@@ -175,6 +175,16 @@ fn v1_json_page_rounds_22_digit_values_and_counts_them() {
         })
         .count();
     assert_eq!(f.rounded_values as usize, expected);
+    // `0.0033977848695325699268` (22 places) → half-even at 18 places → 0.003397784869532570.
+    let eup = u.column("effective_unit_price").unwrap();
+    let hits = (0..u.height())
+        .filter(|i| any_to_decimal(&eup.get(*i).unwrap()) == Some(d("0.00339778486953257")))
+        .count();
+    let in_file = text
+        .matches("\"effectiveUnitPrice\": 0.0033977848695325699268")
+        .count();
+    assert!(in_file > 0);
+    assert_eq!(hits, in_file);
     // rateOfPartnerEarnedCredit is already a fraction.
     let pec = u
         .column("partner_earned_credit_rate")
@@ -243,6 +253,14 @@ fn onetime_invoice_jsonl() {
     assert_eq!(column_sum(&inv, "total").unwrap(), d("11735918.98"));
     assert_eq!(count_eq(&inv, "charge_type", "cycleCharge"), 791);
     assert_eq!(only(&snap).format, "jsonl_onetime");
+    // Keys that map to no staged column are reported, not fatal.
+    assert!(
+        only(&snap)
+            .unknown_columns
+            .contains(&"discountDetails".to_string()),
+        "{:?}",
+        only(&snap).unknown_columns
+    );
     assert!(
         strs(&inv, "line_kind")
             .iter()
@@ -587,7 +605,43 @@ fn same_rows_in_other_spellings_get_the_same_line_ids() {
     let (_, u, ..) = read(&[p], "2021-06");
     assert_eq!(ids_by_line(&u), want);
 
-    // 2. JSON lines with camelCase keys, ISO dates, padded SkuIds, other number spellings, fractions for percents.
+    // 2. The announced camelCase headers (`rateOfPartnerEarnedCredit` as a fraction), same values otherwise.
+    let pct_cols: Vec<usize> = rdr[0]
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.ends_with("Percentage"))
+        .map(|(i, _)| i)
+        .collect();
+    let camel_csv: String = rdr
+        .iter()
+        .enumerate()
+        .map(|(n, r)| {
+            r.iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let f = if n == 0 {
+                        camel(f)
+                    } else if pct_cols.contains(&i) {
+                        (f.parse::<Decimal>().unwrap() / Decimal::from(100)).to_string()
+                    } else {
+                        f.clone()
+                    };
+                    if f.contains([',', '"']) {
+                        format!("\"{}\"", f.replace('"', "\"\""))
+                    } else {
+                        f
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let p = write(t.path(), "camel.csv", camel_csv);
+    let (_, u, ..) = read(&[p], "2021-06");
+    assert_eq!(ids_by_line(&u), want);
+
+    // 3. JSON lines with camelCase keys, ISO dates, padded SkuIds, other number spellings, fractions for percents.
     let header = &rdr[0];
     let mut jsonl = String::new();
     for row in &rdr[1..] {
@@ -718,4 +772,65 @@ fn bad_json_line_is_a_reject() {
         vec![(5, "bad_json".to_string(), String::new())]
     );
     assert_eq!(only(&snap).rows_in, 689);
+}
+
+/// The staged rows written as Parquet read back by DuckDB (or pyarrow) with decimal types and exact sums.
+#[test]
+fn staged_parquet_reads_back_with_decimals_in_duckdb_or_pyarrow() {
+    let python = std::env::var("CSPBILL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import duckdb"])
+        .output();
+    let has_duckdb = probe.as_ref().is_ok_and(|o| o.status.success());
+    let has_pyarrow = std::process::Command::new(&python)
+        .args(["-c", "import pyarrow"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_duckdb && !has_pyarrow {
+        println!(
+            "skipped: `{python}` has neither duckdb nor pyarrow (set CSPBILL_PYTHON to a venv with one of them)"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (_, _, inv, ..) = read(&[fixture("nce_invoice_recon_real_2021-06.csv")], "2021-06");
+    let path = t.path().join("stg_pc_invoice_lines.parquet");
+    let mut df = inv.clone();
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let script = if has_duckdb {
+        "import duckdb,sys\n\
+         r=duckdb.connect().execute(f\"select any_value(typeof(subtotal)), sum(subtotal)::varchar, sum(total)::varchar, count(*), \
+         any_value(typeof(sku_id)) from read_parquet('{sys.argv[1]}')\").fetchone()\n\
+         print('|'.join(str(x) for x in r))"
+    } else {
+        "import pyarrow.parquet as pq,pyarrow.compute as pc,sys\n\
+         t=pq.read_table(sys.argv[1])\n\
+         print('|'.join([str(t.schema.field('subtotal').type), str(pc.sum(t['subtotal'])), str(pc.sum(t['total'])), \
+         str(t.num_rows), str(t.schema.field('sku_id').type)]))"
+    };
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let parts: Vec<&str> = line.trim().split('|').collect();
+    assert!(
+        parts[0].to_ascii_lowercase().starts_with("decimal(38,18)")
+            || parts[0] == "decimal128(38, 18)",
+        "{line}"
+    );
+    assert_eq!(d(parts[1]), d("679793.84"), "{line}");
+    assert_eq!(d(parts[2]), d("768166.79"), "{line}");
+    assert_eq!(parts[3], "5206");
+    assert!(
+        ["VARCHAR", "string", "large_string"].contains(&parts[4]),
+        "{line}"
+    );
 }
