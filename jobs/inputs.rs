@@ -186,6 +186,8 @@ struct CsvScan {
     data_records: u64,
     /// Line numbers (header = 1, counting records) whose field count differs from the header's, with the count.
     ragged: Vec<(i64, usize, bool)>,
+    /// Blank lines after the header (numbered as records, as Polars numbers rows).
+    blank_lines: Vec<i64>,
     /// The file ends inside a quoted field (it was cut): the byte offset where that last record starts.
     open_quote_tail: Option<u64>,
 }
@@ -303,7 +305,13 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
                     line += 1;
                     if content {
                         finish(&mut scan, fields, false, &mut records_seen, &mut first_two);
-                    } else if records_seen < 2 {
+                    } else if records_seen >= 1 {
+                        // Polars reads a blank line as a row of nulls: number it like Polars does, and let the
+                        // reader drop it by its number (a blank line is not a row of the export).
+                        records_seen += 1;
+                        scan.blank_lines.push(records_seen as i64);
+                        first_two.clear();
+                    } else {
                         first_two.clear();
                     }
                     fields = 1;
@@ -476,6 +484,10 @@ fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
         lit(NULL).cast(DataType::String).alias("raw"),
     ]);
     let mut raw = lf.select(exprs);
+    if !scan.blank_lines.is_empty() {
+        let blanks = lit(Series::new("b".into(), scan.blank_lines.clone())).implode(false);
+        raw = raw.filter(col("line_number").is_in(blanks, false).not());
+    }
     if let Some(start) = scan.open_quote_tail {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
@@ -511,6 +523,12 @@ fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
     stats.kind = Some(kind);
     stats.format = format.to_string();
     stats.unknown_columns = map.unknown.clone();
+    if !scan.blank_lines.is_empty() {
+        stats.warnings.push(format!(
+            "`{name}`: {} blank line(s) skipped",
+            scan.blank_lines.len()
+        ));
+    }
     if scan.data_records == 0 {
         stats
             .warnings

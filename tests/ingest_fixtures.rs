@@ -834,3 +834,22 @@ fn staged_parquet_reads_back_with_decimals_in_duckdb_or_pyarrow() {
         "{line}"
     );
 }
+
+#[test]
+fn blank_lines_are_not_rows() {
+    let t = tempfile::tempdir().unwrap();
+    let text = excel_text().replacen("\r\n", "\r\n\r\n", 3);
+    let (snap, u, _, rej, _) = read(&[write(t.path(), "blank.csv", text)], "2021-06");
+    assert_eq!((u.height(), rej.height(), only(&snap).rows_in), (9, 0, 9));
+    assert!(
+        only(&snap)
+            .warnings
+            .iter()
+            .any(|w| w.contains("3 blank line(s)"))
+    );
+    // Line numbers count the blank lines: the last row is line 13 of the file.
+    assert_eq!(
+        u.column("line_number").unwrap().i64().unwrap().max(),
+        Some(13)
+    );
+}
