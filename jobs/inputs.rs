@@ -1,1 +1,1104 @@
-//! (Being built.)
+//! Reading a period's Partner Center snapshot: listing its files, detecting each file's format by content,
+//! reading it into a lazy frame of text cells, and running the pure typing stage (`pipeline::ingest`) over it.
+//! The result is the staged and rejected rows of the whole snapshot (billed usage winning over unbilled, rows
+//! repeated across files removed) and per-file statistics that balance (DESIGN §4.1, §6).
+//!
+//! Formats, recognised by content only:
+//! - `csv_daily_usage`, `csv_invoice_recon`: a CSV whose header names the Partner Center columns (any casing,
+//!   any order, 51/55/more columns, BOM or not, CRLF or LF, quoted or not). Read by Polars with an all-String
+//!   schema after one streaming pre-scan in Rust that hashes the file, checks UTF-8 (naming the first bad line),
+//!   reads the header and finds rows whose field count differs from the header (truncated or ragged lines).
+//! - `v1_json_page` (`{"totalCount":..,"items":[...]}`), `jsonl_daily_usage`, `jsonl_onetime`,
+//!   `jsonl_legacy_license` (one object per line), `v2_blob` (the `*.json.gz` JSON-lines blobs of a v2 export
+//!   folder holding `manifest.json`). Parsed by `serde_json` with `arbitrary_precision`, numbers kept as text.
+//!
+//! Streaming: CSV staging is a lazy scan + elementwise typing, except two global steps: the occurrence count
+//! behind `line_id` (grouped on a 16-byte key per file) and the cross-file duplicate check (on `line_id`).
+//! JSON files are parsed in memory, one file (or blob) at a time. The statistics are small aggregates collected
+//! from the same plans, so computing them reads the inputs once more.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use pipeline::Period;
+use pipeline::decimal::{any_to_decimal, column_sum};
+use pipeline::ingest::{self, HeaderMap, StageOptions, map_header, normalise_name, stg_pc_rows};
+use polars::prelude::*;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use crate::error::Failure;
+
+pub use pipeline::ingest::SourceKind;
+
+/// What became of one input file (or one blob of a v2 export).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileStats {
+    /// File name (for a v2 blob: `folder/blob.json.gz`); the `source_file` of its rows.
+    pub name: String,
+    pub path: PathBuf,
+    /// SHA-256 of the file's bytes as received (for a blob, of the compressed blob).
+    pub sha256: String,
+    pub bytes: u64,
+    pub kind: Option<SourceKind>,
+    /// `csv_daily_usage`, `csv_invoice_recon`, `v1_json_page`, `jsonl_daily_usage`, `jsonl_onetime`,
+    /// `jsonl_legacy_license` or `v2_blob`.
+    pub format: String,
+    pub rows_in: u64,
+    pub staged: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub set_aside: u64,
+    pub cost_in: Decimal,
+    pub cost_staged: Decimal,
+    pub cost_rejected: Decimal,
+    pub cost_duplicates: Decimal,
+    pub cost_set_aside: Decimal,
+    /// Cells with more than 18 fractional digits, rounded half-even.
+    pub rounded_values: u64,
+    /// SkuIds left-padded to 4 characters.
+    pub padded_sku_ids: u64,
+    /// Columns (or JSON keys) not mapped to a staged column.
+    pub unknown_columns: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl FileStats {
+    /// Whether rows and amounts balance: in = staged + rejected + duplicates + set aside.
+    pub fn balances(&self) -> bool {
+        self.rows_in == self.staged + self.rejected + self.duplicates + self.set_aside
+            && self.cost_in
+                == self.cost_staged
+                    + self.cost_rejected
+                    + self.cost_duplicates
+                    + self.cost_set_aside
+    }
+}
+
+/// The staged snapshot of a period: lazy plans in exactly the `schemas` schemas, and per-file statistics.
+pub struct Snapshot {
+    pub usage: LazyFrame,
+    pub invoice_lines: LazyFrame,
+    pub rejects_usage: LazyFrame,
+    pub rejects_invoice: LazyFrame,
+    pub files: Vec<FileStats>,
+}
+
+/// Lists the input files of a snapshot folder, recursively and sorted by path; a folder holding `manifest.json`
+/// is one v2 export and is listed as the folder. Hidden files (`.name`) and `README*` files are skipped.
+pub fn list_snapshot(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    walk(dir, &mut out).with_context(|| {
+        format!(
+            "cannot list the inputs in `{}`: check that the folder exists",
+            dir.display()
+        )
+    })?;
+    out.sort();
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if dir.join("manifest.json").is_file() {
+        out.push(dir.to_path_buf());
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if name.starts_with('.') || name.to_ascii_lowercase().starts_with("readme") {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+const ACCEPTED: &str = "cspbill reads a daily rated usage CSV, an invoice reconciliation CSV, v1 `lineitems` JSON \
+(a page `{\"items\":[...]}` or one object per line) and v2 export folders (`manifest.json` + `*.json.gz`)";
+
+/// One input read and ready for the typing stage.
+struct Loaded {
+    stats: FileStats,
+    kind: SourceKind,
+    raw: LazyFrame,
+    opts: StageOptions,
+    /// For usage: whether the file is billed (its first row carries an `InvoiceNumber`).
+    billed: bool,
+}
+
+fn usage_err(msg: String) -> anyhow::Error {
+    Failure::usage(msg).into()
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn empty_stats(name: String, path: &Path) -> FileStats {
+    FileStats {
+        name,
+        path: path.to_path_buf(),
+        sha256: String::new(),
+        bytes: 0,
+        kind: None,
+        format: String::new(),
+        rows_in: 0,
+        staged: 0,
+        rejected: 0,
+        duplicates: 0,
+        set_aside: 0,
+        cost_in: Decimal::ZERO,
+        cost_staged: Decimal::ZERO,
+        cost_rejected: Decimal::ZERO,
+        cost_duplicates: Decimal::ZERO,
+        cost_set_aside: Decimal::ZERO,
+        rounded_values: 0,
+        padded_sku_ids: 0,
+        unknown_columns: Vec::new(),
+        warnings: Vec::new(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// CSV
+// ------------------------------------------------------------------------------------------------------------
+
+/// What one streaming pass over a CSV file learns.
+#[derive(Debug, Default)]
+struct CsvScan {
+    sha256: String,
+    bytes: u64,
+    header: Vec<String>,
+    first_row: Vec<String>,
+    data_records: u64,
+    /// Line numbers (header = 1, counting records) whose field count differs from the header's, with the count.
+    ragged: Vec<(i64, usize, bool)>,
+    /// Blank lines after the header (numbered as records, as Polars numbers rows).
+    blank_lines: Vec<i64>,
+    /// The file ends inside a quoted field (it was cut): the byte offset where that last record starts.
+    open_quote_tail: Option<u64>,
+}
+
+/// Splits one CSV record (without its line end) into fields, RFC 4180 quoting.
+fn split_record(rec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_q = false;
+    let mut chars = rec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, in_q) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => in_q = !in_q,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
+    let file = File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut scan = CsvScan::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut line: u64 = 1; // physical line, for encoding errors
+    let mut in_q = false;
+    let mut fields = 1usize;
+    let mut content = false;
+    let mut first_two: Vec<u8> = Vec::new(); // bytes of the header and first data record
+    let mut records_seen = 0u64; // header included
+    let mut pos: u64 = 0; // file offset of the byte being scanned
+    let mut record_start: u64 = 0;
+    let finish = |scan: &mut CsvScan,
+                  fields: usize,
+                  truncated: bool,
+                  records_seen: &mut u64,
+                  first_two: &mut Vec<u8>| {
+        *records_seen += 1;
+        if *records_seen == 1 {
+            let text = String::from_utf8_lossy(first_two).to_string();
+            let text = text
+                .trim_start_matches('\u{feff}')
+                .trim_end_matches(['\r', '\n']);
+            scan.header = split_record(text);
+            first_two.clear();
+        } else {
+            scan.data_records += 1;
+            if *records_seen == 2 {
+                let text = String::from_utf8_lossy(first_two).to_string();
+                scan.first_row = split_record(text.trim_end_matches(['\r', '\n']));
+            }
+            if truncated || fields != scan.header.len() {
+                scan.ragged.push((*records_seen as i64, fields, truncated));
+            }
+        }
+    };
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        scan.bytes += n as u64;
+        let mut chunk = std::mem::take(&mut carry);
+        chunk.extend_from_slice(&buf[..n]);
+        let valid = match std::str::from_utf8(&chunk) {
+            Ok(_) => chunk.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(e) => {
+                let bad_line = line
+                    + chunk[..e.valid_up_to()]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count() as u64;
+                return Err(usage_err(format!(
+                    "`{name}`: line {bad_line}: bytes that are not UTF-8 (the file looks Latin-1 or Windows-1252 encoded): \
+                     save it as UTF-8 (Excel: \"CSV UTF-8\") or re-download it from Partner Center"
+                )));
+            }
+        };
+        carry = chunk[valid..].to_vec();
+        for &b in &chunk[..valid] {
+            pos += 1;
+            if records_seen < 2 {
+                first_two.push(b);
+            }
+            if in_q {
+                if b == b'"' {
+                    in_q = false;
+                } else if b == b'\n' {
+                    line += 1;
+                }
+                continue;
+            }
+            match b {
+                b'"' => {
+                    in_q = true;
+                    content = true;
+                }
+                b',' => {
+                    fields += 1;
+                    content = true;
+                }
+                b'\n' => {
+                    line += 1;
+                    if content {
+                        finish(&mut scan, fields, false, &mut records_seen, &mut first_two);
+                    } else if records_seen >= 1 {
+                        // Polars reads a blank line as a row of nulls: number it like Polars does, and let the
+                        // reader drop it by its number (a blank line is not a row of the export).
+                        records_seen += 1;
+                        scan.blank_lines.push(records_seen as i64);
+                        first_two.clear();
+                    } else {
+                        first_two.clear();
+                    }
+                    fields = 1;
+                    content = false;
+                    record_start = pos;
+                }
+                b'\r' => {}
+                _ => content = true,
+            }
+        }
+    }
+    if !carry.is_empty() {
+        return Err(usage_err(format!(
+            "`{name}`: line {line}: the file ends inside a UTF-8 character (it is cut short or not UTF-8): re-download it"
+        )));
+    }
+    if content {
+        // The last record has no line end: fine, unless a quoted field was never closed (the file is cut).
+        finish(&mut scan, fields, in_q, &mut records_seen, &mut first_two);
+        if in_q && records_seen > 1 {
+            scan.open_quote_tail = Some(record_start);
+        }
+    }
+    scan.sha256 = hex::encode(hasher.finalize());
+    Ok(scan)
+}
+
+fn detect_csv(header: &[String]) -> Option<(SourceKind, &'static str)> {
+    let names: Vec<String> = header.iter().map(|h| normalise_name(h)).collect();
+    let has = |n: &str| names.iter().any(|x| x == n);
+    if has("usagedate") && (has("billingpretaxtotal") || has("quantity")) {
+        Some((SourceKind::DailyUsage, "csv_daily_usage"))
+    } else if has("subtotal") && has("chargetype") {
+        Some((SourceKind::InvoiceLines, "csv_invoice_recon"))
+    } else {
+        None
+    }
+}
+
+fn check_header(
+    name: &str,
+    kind: SourceKind,
+    map: &HeaderMap,
+    legacy: bool,
+    line_hint: &str,
+) -> Result<()> {
+    if let Some(col) = map.missing(kind, legacy).first() {
+        return Err(usage_err(format!(
+            "`{name}`: {line_hint}required column `{col}` is missing (Partner Center calls it `{}`): \
+             re-export the full {} file from Partner Center",
+            pascal(col),
+            if kind == SourceKind::DailyUsage {
+                "daily rated usage"
+            } else {
+                "invoice reconciliation"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// `billing_pre_tax_total` → `BillingPreTaxTotal`, to name a column as Microsoft spells it.
+fn pascal(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
+    let scan = prescan_csv(path, &name)?;
+    if scan.header.is_empty() {
+        return Err(usage_err(format!(
+            "`{name}`: line 1: the file is empty: re-download the export from Partner Center or remove the file"
+        )));
+    }
+    if scan.header.len() == 1 && (scan.header[0].contains(';') || scan.header[0].contains('\t')) {
+        let sep = if scan.header[0].contains(';') {
+            "`;`"
+        } else {
+            "a tab"
+        };
+        return Err(usage_err(format!(
+            "`{name}`: line 1: the header is separated by {sep}, not by commas (a spreadsheet saved it with another \
+             locale's list separator): save it as comma-separated CSV or use the file as downloaded from Partner Center"
+        )));
+    }
+    let Some((kind, format)) = detect_csv(&scan.header) else {
+        return Err(usage_err(format!(
+            "`{name}`: line 1: the header is not one of a Partner Center export ({} columns, starting `{}`): {ACCEPTED}",
+            scan.header.len(),
+            scan.header
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        )));
+    };
+    let map = map_header(kind, &scan.header);
+    check_header(&name, kind, &map, false, "line 1: ")?;
+
+    let schema: Schema = (0..scan.header.len())
+        .map(|i| Field::new(format!("c{i}").into(), DataType::String))
+        .collect();
+    // A file cut inside a quoted field would make Polars fail on the unclosed quote: read it without its last
+    // record, which becomes a reject below (a rare, damaged file: reading it into memory is fine).
+    let reader = match scan.open_quote_tail {
+        Some(start) => {
+            let mut bytes =
+                std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            bytes.truncate(start as usize);
+            LazyCsvReader::new_with_sources(ScanSources::Buffers(Arc::from(vec![bytes.into()])))
+        }
+        None => LazyCsvReader::new(PlRefPath::try_from_path(path)?),
+    };
+    let lf = reader
+        .with_has_header(false)
+        .with_skip_rows(1)
+        .with_schema(Some(Arc::new(schema)))
+        .with_truncate_ragged_lines(true)
+        .with_missing_is_null(true)
+        .with_raise_if_empty(false)
+        .with_row_index(Some(RowIndex {
+            name: "line_number".into(),
+            offset: 2,
+        }))
+        .finish()
+        .map_err(|e| anyhow::anyhow!("cannot read `{name}` as CSV: {e}"))?;
+
+    let mut exprs: Vec<Expr> = map
+        .columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.map(|c| col(format!("c{i}")).alias(c)))
+        .collect();
+    let ragged_lines: Vec<i64> = scan.ragged.iter().map(|r| r.0).collect();
+    let width = scan.header.len();
+    let (problem, reason) = if ragged_lines.is_empty() {
+        (
+            lit(NULL).cast(DataType::String),
+            lit(NULL).cast(DataType::String),
+        )
+    } else {
+        let hit = col("line_number").cast(DataType::Int64).is_in(
+            lit(Series::new("l".into(), ragged_lines)).implode(false),
+            false,
+        );
+        (
+            when(hit.clone()).then(lit("ragged_row")).otherwise(lit(NULL).cast(DataType::String)),
+            when(hit)
+                .then(lit(format!(
+                    "the line's number of fields differs from the header's {width} (the line is cut short, or a value \
+                     holds an unquoted comma): re-download the export; do not edit it in a spreadsheet"
+                )))
+                .otherwise(lit(NULL).cast(DataType::String)),
+        )
+    };
+    exprs.extend([
+        lit(name.clone()).alias("source_file"),
+        lit(format).alias("source_format"),
+        col("line_number").cast(DataType::Int64),
+        problem.alias("row_problem"),
+        reason.alias("row_problem_reason"),
+        lit(NULL).cast(DataType::String).alias("raw"),
+    ]);
+    let mut raw = lf.select(exprs);
+    if !scan.blank_lines.is_empty() {
+        let blanks = lit(Series::new("b".into(), scan.blank_lines.clone())).implode(false);
+        raw = raw.filter(col("line_number").is_in(blanks, false).not());
+    }
+    if let Some(start) = scan.open_quote_tail {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let tail = String::from_utf8_lossy(&bytes[start as usize..]).to_string();
+        let line = scan.ragged.last().map(|r| r.0).unwrap_or(0);
+        let mut cols: Vec<Column> = map
+            .present()
+            .iter()
+            .map(|c| Column::full_null((*c).into(), 1, &DataType::String))
+            .collect();
+        cols.extend([
+            Column::new("source_file".into(), [name.clone()]),
+            Column::new("source_format".into(), [format]),
+            Column::new("line_number".into(), [line]),
+            Column::new("row_problem".into(), ["ragged_row"]),
+            Column::new(
+                "row_problem_reason".into(),
+                [
+                    "the file ends inside a quoted value: it was cut short; re-download the export"
+                        .to_string(),
+                ],
+            ),
+            Column::new("raw".into(), [tail]),
+        ]);
+        let tail_df = DataFrame::new_infer_height(cols)
+            .map_err(|e| anyhow::anyhow!("cannot build the last row of `{name}`: {e}"))?;
+        raw = concat([raw, tail_df.lazy()], UnionArgs::default())?;
+    }
+
+    let mut stats = empty_stats(name.clone(), path);
+    stats.sha256 = scan.sha256;
+    stats.bytes = scan.bytes;
+    stats.kind = Some(kind);
+    stats.format = format.to_string();
+    stats.unknown_columns = map.unknown.clone();
+    if !scan.blank_lines.is_empty() {
+        stats.warnings.push(format!(
+            "`{name}`: {} blank line(s) skipped",
+            scan.blank_lines.len()
+        ));
+    }
+    if scan.data_records == 0 {
+        stats
+            .warnings
+            .push(format!("`{name}` has a header and no rows"));
+    }
+    let billed = map
+        .columns
+        .iter()
+        .position(|c| *c == Some("invoice_number"))
+        .and_then(|i| scan.first_row.get(i))
+        .is_some_and(|v| !v.trim().is_empty());
+    let opts = StageOptions {
+        kind,
+        period,
+        present: map.present().iter().map(|s| s.to_string()).collect(),
+        percent: map.percent.iter().map(|s| s.to_string()).collect(),
+    };
+    Ok(Loaded {
+        stats,
+        kind,
+        raw,
+        opts,
+        billed,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// JSON
+// ------------------------------------------------------------------------------------------------------------
+
+/// A JSON value as the text of a cell: numbers exactly as written (`arbitrary_precision`), arrays and objects
+/// as compact JSON, null as an empty cell.
+fn cell_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn object_type(obj: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("attributes"))
+        .and_then(|(_, a)| a.as_object())
+        .and_then(|a| a.iter().find(|(k, _)| k.eq_ignore_ascii_case("objectType")))
+        .and_then(|(_, t)| t.as_str().map(str::to_string))
+}
+
+fn is_legacy(obj: &serde_json::Map<String, serde_json::Value>) -> bool {
+    match object_type(obj) {
+        Some(t) => t.eq_ignore_ascii_case("LicenseBasedLineItem"),
+        None => {
+            let keys: Vec<String> = obj.keys().map(|k| normalise_name(k)).collect();
+            keys.iter().any(|k| k == "offerid") && !keys.iter().any(|k| k == "productid")
+        }
+    }
+}
+
+fn detect_json(obj: &serde_json::Map<String, serde_json::Value>) -> Option<SourceKind> {
+    let keys: Vec<String> = obj.keys().map(|k| normalise_name(k)).collect();
+    let has = |n: &str| keys.iter().any(|k| k == n);
+    if has("usagedate") {
+        Some(SourceKind::DailyUsage)
+    } else if has("subtotal") {
+        Some(SourceKind::InvoiceLines)
+    } else {
+        None
+    }
+}
+
+enum JsonRow {
+    Object(serde_json::Map<String, serde_json::Value>),
+    Bad { text: String, error: String },
+}
+
+/// Reads JSON text (a v1 page, an array, or JSON lines) into rows with their line numbers: the physical line for
+/// JSON lines, the 1-based position in `items` for a page.
+fn json_rows(name: &str, text: &str) -> Result<(Vec<(i64, JsonRow)>, bool)> {
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if trimmed.is_empty() {
+        return Err(usage_err(format!(
+            "`{name}`: line 1: the file is empty: re-download the export or remove the file"
+        )));
+    }
+    // A whole document first: a v1 page or an array. JSON lines of one object also parse here, as one object.
+    if let Ok(doc) = serde_json::from_str::<serde_json::Value>(trimmed) {
+        let items = match &doc {
+            serde_json::Value::Array(a) => Some(a.clone()),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("items"))
+                .and_then(|(_, v)| v.as_array().cloned()),
+            _ => None,
+        };
+        if let Some(items) = items {
+            let rows = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let row = match v {
+                        serde_json::Value::Object(o) => JsonRow::Object(o),
+                        other => JsonRow::Bad {
+                            text: other.to_string(),
+                            error: "an item that is not an object".into(),
+                        },
+                    };
+                    (i as i64 + 1, row)
+                })
+                .collect();
+            return Ok((rows, true));
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim_start_matches('\u{feff}').trim();
+        if l.is_empty() {
+            continue;
+        }
+        let row = match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(serde_json::Value::Object(o)) => JsonRow::Object(o),
+            Ok(_) => JsonRow::Bad {
+                text: l.to_string(),
+                error: "a line that is not a JSON object".into(),
+            },
+            Err(e) => JsonRow::Bad {
+                text: l.to_string(),
+                error: format!("a line that is not valid JSON ({e})"),
+            },
+        };
+        rows.push((i as i64 + 1, row));
+    }
+    Ok((rows, false))
+}
+
+fn load_json_bytes(
+    path: &Path,
+    name: String,
+    bytes: &[u8],
+    sha: String,
+    v2: bool,
+    period: Period,
+) -> Result<Loaded> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
+            return Err(usage_err(format!(
+                "`{name}`: line {line}: bytes that are not UTF-8: JSON must be UTF-8; re-download the export"
+            )));
+        }
+    };
+    let (rows, page) = json_rows(&name, text)?;
+    let first = rows.iter().find_map(|(_, r)| match r {
+        JsonRow::Object(o) => Some(o),
+        JsonRow::Bad { .. } => None,
+    });
+    let kind = match first.map(detect_json) {
+        Some(Some(k)) => k,
+        Some(None) => {
+            return Err(usage_err(format!(
+                "`{name}`: its JSON objects are neither daily rated usage (no `usageDate`) nor invoice line items \
+                 (no `subtotal`): {ACCEPTED}"
+            )));
+        }
+        None if rows.is_empty() && page => SourceKind::DailyUsage, // an empty page: nothing to stage
+        None => {
+            return Err(usage_err(format!(
+                "`{name}`: line 1: no JSON object found: {ACCEPTED}"
+            )));
+        }
+    };
+    let legacy_file = rows.iter().all(|(_, r)| match r {
+        JsonRow::Object(o) => is_legacy(o),
+        JsonRow::Bad { .. } => true,
+    }) && first.is_some();
+    let format = match (v2, page, kind, legacy_file) {
+        (true, ..) => "v2_blob",
+        (false, true, ..) => "v1_json_page",
+        (false, false, SourceKind::DailyUsage, _) => "jsonl_daily_usage",
+        (false, false, SourceKind::InvoiceLines, true) => "jsonl_legacy_license",
+        (false, false, SourceKind::InvoiceLines, false) => "jsonl_onetime",
+    };
+
+    // Keys in first-seen order, mapped once.
+    let mut key_order: Vec<String> = Vec::new();
+    let mut key_map: HashMap<String, Option<&'static str>> = HashMap::new();
+    for (_, r) in &rows {
+        if let JsonRow::Object(o) = r {
+            for k in o.keys() {
+                if !key_map.contains_key(k) {
+                    key_map.insert(k.clone(), None);
+                    key_order.push(k.clone());
+                }
+            }
+        }
+    }
+    let map = map_header(kind, &key_order);
+    for (k, c) in key_order.iter().zip(&map.columns) {
+        key_map.insert(k.clone(), *c);
+    }
+    if first.is_some() {
+        check_header(&name, kind, &map, legacy_file, "")?;
+    }
+    let present = map.present();
+    let idx: HashMap<&str, usize> = present.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+    let n = rows.len();
+    let mut cells: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(n); present.len()];
+    let mut lines = Vec::with_capacity(n);
+    let mut problem = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut raw = Vec::with_capacity(n);
+    let mut line_kind = Vec::with_capacity(n);
+    for (line, r) in &rows {
+        lines.push(*line);
+        for c in cells.iter_mut() {
+            c.push(None);
+        }
+        match r {
+            JsonRow::Object(o) => {
+                for (k, v) in o {
+                    if let Some(Some(c)) = key_map.get(k) {
+                        cells[idx[c]].pop();
+                        cells[idx[c]].push(cell_text(v));
+                    }
+                }
+                problem.push(None);
+                reason.push(None);
+                raw.push(None);
+                line_kind.push(Some(if is_legacy(o) {
+                    "legacy_license"
+                } else {
+                    "new_commerce"
+                }));
+            }
+            JsonRow::Bad { text, error } => {
+                problem.push(Some("bad_json"));
+                reason.push(Some(format!("{error}: re-download the export")));
+                raw.push(Some(text.clone()));
+                line_kind.push(None);
+            }
+        }
+    }
+    let mut columns: Vec<Column> = present
+        .iter()
+        .zip(cells)
+        .map(|(c, v)| Column::new((*c).into(), v))
+        .collect();
+    columns.push(Column::new("source_file".into(), vec![name.clone(); n]));
+    columns.push(Column::new("source_format".into(), vec![format; n]));
+    columns.push(Column::new("line_number".into(), lines));
+    columns.push(Column::new("row_problem".into(), problem));
+    columns.push(Column::new("row_problem_reason".into(), reason));
+    columns.push(Column::new("raw".into(), raw));
+    let mut present_names: Vec<String> = present.iter().map(|s| s.to_string()).collect();
+    if kind == SourceKind::InvoiceLines {
+        columns.push(Column::new("line_kind".into(), line_kind));
+        present_names.push("line_kind".into());
+    }
+    let df = DataFrame::new_infer_height(columns)
+        .map_err(|e| anyhow::anyhow!("cannot build the rows of `{name}`: {e}"))?;
+
+    let mut stats = empty_stats(name.clone(), path);
+    stats.sha256 = sha;
+    stats.bytes = bytes.len() as u64;
+    stats.kind = Some(kind);
+    stats.format = format.to_string();
+    stats.unknown_columns = map.unknown.clone();
+    let billed = first
+        .and_then(|o| o.iter().find(|(k, _)| normalise_name(k) == "invoicenumber"))
+        .and_then(|(_, v)| cell_text(v))
+        .is_some_and(|s| !s.trim().is_empty());
+    let opts = StageOptions {
+        kind,
+        period,
+        present: present_names,
+        percent: map.percent.iter().map(|s| s.to_string()).collect(),
+    };
+    Ok(Loaded {
+        stats,
+        kind,
+        raw: df.lazy(),
+        opts,
+        billed,
+    })
+}
+
+fn load_v2(dir: &Path, period: Period) -> Result<Vec<Loaded>> {
+    let folder = display_name(dir);
+    let mut blobs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list the v2 export `{}`", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .to_ascii_lowercase()
+                    .ends_with(".json.gz")
+            })
+        })
+        .collect();
+    blobs.sort();
+    if blobs.is_empty() {
+        return Err(usage_err(format!(
+            "`{folder}`: a v2 export folder (it has `manifest.json`) without `*.json.gz` blobs: download the blobs the manifest lists"
+        )));
+    }
+    let mut out = Vec::new();
+    for blob in blobs {
+        let name = format!("{folder}/{}", display_name(&blob));
+        let gz =
+            std::fs::read(&blob).with_context(|| format!("cannot read `{}`", blob.display()))?;
+        let sha = hex::encode(Sha256::digest(&gz));
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut bytes).map_err(|e| {
+            usage_err(format!("`{name}`: not a valid gzip blob ({e}): download it again from the manifest's blob list"))
+        })?;
+        let mut l = load_json_bytes(&blob, name, &bytes, sha, true, period)?;
+        l.stats.bytes = gz.len() as u64;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Reads one input path (a file, or a v2 export folder) into one or more loaded inputs.
+fn load(path: &Path, period: Period) -> Result<Vec<Loaded>> {
+    if path.is_dir() {
+        return load_v2(path, period);
+    }
+    let name = display_name(path);
+    let mut head = [0u8; 4096];
+    let n = {
+        let mut f =
+            File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
+        f.read(&mut head)
+            .with_context(|| format!("cannot read `{}`", path.display()))?
+    };
+    let head = &head[..n];
+    let start = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(head);
+    let first = start.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match first {
+        None if n == 0 || start.iter().all(|b| b.is_ascii_whitespace()) => Err(usage_err(format!(
+            "`{name}`: line 1: the file is empty: re-download the export from Partner Center or remove the file"
+        ))),
+        Some(b'{') | Some(b'[') => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            let sha = hex::encode(Sha256::digest(&bytes));
+            Ok(vec![load_json_bytes(
+                path, name, &bytes, sha, false, period,
+            )?])
+        }
+        _ if head.starts_with(&[0x1f, 0x8b]) => Err(usage_err(format!(
+            "`{name}`: a gzip file outside a v2 export folder: put it in its export's folder beside `manifest.json`"
+        ))),
+        _ => Ok(vec![load_csv(path, name, period)?]),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// The snapshot
+// ------------------------------------------------------------------------------------------------------------
+
+fn empty_frame(schema: Schema) -> LazyFrame {
+    DataFrame::empty_with_schema(&schema).lazy()
+}
+
+fn concat_or_empty(frames: Vec<LazyFrame>, schema: Schema) -> Result<LazyFrame> {
+    if frames.is_empty() {
+        return Ok(empty_frame(schema));
+    }
+    Ok(concat(
+        frames,
+        UnionArgs {
+            parallel: false,
+            rechunk: false,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// Per `source_file`: (rows, Σ cost) of a frame, collected.
+fn per_file(lf: LazyFrame, cost: &str, by: &[&str]) -> Result<DataFrame> {
+    let mut keys = vec![col("source_file")];
+    keys.extend(by.iter().map(|c| col(*c)));
+    Ok(lf
+        .group_by(keys)
+        .agg([
+            len().cast(DataType::Int64).alias("n"),
+            col(cost).sum().alias("cost"),
+        ])
+        .collect()?)
+}
+
+fn read_counts(df: &DataFrame) -> Result<BTreeMap<String, (u64, Decimal, Vec<bool>)>> {
+    let files = df.column("source_file")?.str()?.clone();
+    let n = df.column("n")?.i64()?.clone();
+    let cost = df.column("cost")?;
+    let dup = df
+        .column("is_duplicate")
+        .ok()
+        .map(|c| c.bool().cloned())
+        .transpose()?;
+    let mut out: BTreeMap<String, (u64, Decimal, Vec<bool>)> = BTreeMap::new();
+    for i in 0..df.height() {
+        let f = files.get(i).unwrap_or_default().to_string();
+        let d = dup.as_ref().and_then(|d| d.get(i)).unwrap_or(false);
+        let c = any_to_decimal(&cost.get(i)?).unwrap_or_default();
+        let e = out
+            .entry(format!("{f}\u{0}{d}"))
+            .or_insert((0, Decimal::ZERO, vec![d]));
+        e.0 += n.get(i).unwrap_or(0) as u64;
+        e.1 += c;
+    }
+    Ok(out)
+}
+
+/// Reads the files of a period's snapshot (from [`list_snapshot`]) into staged and rejected rows.
+///
+/// Billed daily usage wins over unbilled: when any usage file is billed, unbilled usage files are set aside
+/// (counted, with a warning). Rows whose `line_id` an earlier file (in the given order) already delivered are
+/// removed and counted as duplicates. Bad rows become rejects; a file that cannot be read at all (none of the
+/// formats, empty, not UTF-8, a required column missing) is an error naming it (exit 2).
+pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
+    let mut loaded: Vec<Loaded> = Vec::new();
+    for f in files {
+        loaded.extend(load(f, period)?);
+    }
+    // `source_file` must tell files apart: prefix the parent folder where two names collide.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for l in &loaded {
+        *seen.entry(l.stats.name.clone()).or_default() += 1;
+    }
+    for l in loaded.iter_mut() {
+        if seen[&l.stats.name] > 1 {
+            let parent = l.stats.path.parent().map(display_name).unwrap_or_default();
+            l.stats.name = format!("{parent}/{}", l.stats.name);
+            let name = l.stats.name.clone();
+            l.raw = l.raw.clone().with_column(lit(name).alias("source_file"));
+        }
+    }
+
+    let any_billed = loaded
+        .iter()
+        .any(|l| l.kind == SourceKind::DailyUsage && l.billed);
+    let mut staged: HashMap<SourceKind, Vec<LazyFrame>> = HashMap::new();
+    let mut rejects: HashMap<SourceKind, Vec<LazyFrame>> = HashMap::new();
+    let mut stats: Vec<FileStats> = Vec::new();
+    let mut set_aside = Vec::new();
+    for l in loaded {
+        let counts = ingest::ingest_counts(l.raw.clone(), &l.opts).collect()?;
+        let mut st = l.stats;
+        if counts.height() > 0 {
+            st.rows_in = counts.column("rows_in")?.i64()?.get(0).unwrap_or(0) as u64;
+            st.cost_in = column_sum(&counts, "cost_in")?;
+            st.rounded_values = counts.column("rounded_values")?.i64()?.get(0).unwrap_or(0) as u64;
+            st.padded_sku_ids = counts.column("padded_sku_ids")?.i64()?.get(0).unwrap_or(0) as u64;
+        }
+        if st.rounded_values > 0 {
+            st.warnings.push(format!(
+                "`{}`: {} value(s) with more than 18 decimal places rounded half-even to 18",
+                st.name, st.rounded_values
+            ));
+        }
+        if st.padded_sku_ids > 0 {
+            st.warnings.push(format!(
+                "`{}`: {} SkuId(s) that a spreadsheet stripped of leading zeros padded to 4 characters",
+                st.name, st.padded_sku_ids
+            ));
+        }
+        if !st.unknown_columns.is_empty() {
+            st.warnings.push(format!(
+                "`{}`: {} column(s) not used: {}",
+                st.name,
+                st.unknown_columns.len(),
+                st.unknown_columns
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if l.kind == SourceKind::DailyUsage && !l.billed && any_billed {
+            st.set_aside = st.rows_in;
+            st.cost_set_aside = st.cost_in;
+            st.warnings.push(format!(
+                "`{}`: unbilled daily usage set aside because the snapshot has billed daily usage for the period",
+                st.name
+            ));
+            set_aside.push(st.name.clone());
+            stats.push(st);
+            continue;
+        }
+        let out = stg_pc_rows(l.raw, &l.opts)?;
+        staged.entry(l.kind).or_default().push(out.staged);
+        rejects.entry(l.kind).or_default().push(out.rejects);
+        stats.push(st);
+    }
+
+    let mut frames = HashMap::new();
+    for kind in [SourceKind::DailyUsage, SourceKind::InvoiceLines] {
+        let all = concat_or_empty(staged.remove(&kind).unwrap_or_default(), kind.schema())?;
+        let marked = ingest::mark_duplicates(all)?;
+        let counts = read_counts(&per_file(
+            marked.clone(),
+            kind.cost_column(),
+            &["is_duplicate"],
+        )?)?;
+        let rej = concat_or_empty(
+            rejects.remove(&kind).unwrap_or_default(),
+            kind.rejects_schema(),
+        )?;
+        let rej_counts = read_counts(&per_file(rej.clone(), "billing_pre_tax_total", &[])?)?;
+        for st in stats.iter_mut().filter(|s| s.kind == Some(kind)) {
+            for (key, (n, cost, d)) in &counts {
+                if key.split('\u{0}').next() == Some(st.name.as_str()) {
+                    if d[0] {
+                        st.duplicates += n;
+                        st.cost_duplicates += cost;
+                    } else {
+                        st.staged += n;
+                        st.cost_staged += cost;
+                    }
+                }
+            }
+            for (key, (n, cost, _)) in &rej_counts {
+                if key.split('\u{0}').next() == Some(st.name.as_str()) {
+                    st.rejected += n;
+                    st.cost_rejected += cost;
+                }
+            }
+            if st.duplicates > 0 {
+                st.warnings.push(format!(
+                    "`{}`: {} row(s) already delivered by an earlier file removed as duplicates",
+                    st.name, st.duplicates
+                ));
+            }
+        }
+        let names: Vec<Expr> = kind.columns().iter().map(|(c, _)| col(*c)).collect();
+        frames.insert(
+            kind,
+            (marked.filter(col("is_duplicate").not()).select(names), rej),
+        );
+    }
+    let (usage, rejects_usage) = frames.remove(&SourceKind::DailyUsage).unwrap_or_else(|| {
+        (
+            empty_frame(SourceKind::DailyUsage.schema()),
+            empty_frame(SourceKind::DailyUsage.rejects_schema()),
+        )
+    });
+    let (invoice_lines, rejects_invoice) =
+        frames.remove(&SourceKind::InvoiceLines).unwrap_or_else(|| {
+            (
+                empty_frame(SourceKind::InvoiceLines.schema()),
+                empty_frame(SourceKind::InvoiceLines.rejects_schema()),
+            )
+        });
+    tracing::info!(
+        files = stats.len(),
+        set_aside = set_aside.len(),
+        "snapshot read"
+    );
+    Ok(Snapshot {
+        usage,
+        invoice_lines,
+        rejects_usage,
+        rejects_invoice,
+        files: stats,
+    })
+}
