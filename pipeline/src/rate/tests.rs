@@ -675,3 +675,56 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn explain_says_why_the_rule_won_and_shows_the_arithmetic() {
+    let rc = cards(
+        "any,*,*,*,,,,markup_on_cost,0.5,,,
+fam,*,*,azure_usage,,,,markup_on_cost,0.15,,,
+old,*,*,azure_usage,Compute,,,markup_on_cost,0.3,,2025-01-01,2025-06-01",
+    );
+    let row = usage(
+        "x",
+        &[
+            ("customer_id", "eur_mk"),
+            ("billing_currency", "USD"),
+            ("pricing_currency", "USD"),
+            ("meter_category", "Compute"),
+            ("source_file", "usage.csv"),
+            ("line_number", "7"),
+            ("allocation", "tag"),
+            ("tag_rule_id", "t1"),
+            ("share", "0.5"),
+            ("unit_path", "bu/proj"),
+            ("source_customer_id", "c2"),
+        ],
+    );
+    let (df, _) = rate(&[row], &rc, &ctx());
+    let e = explain::explain_rated(&df, &rc).unwrap();
+    let expected = "part x of line x (usage, priced)
+source: usage.csv line 7 (daily_usage)
+customer: eur_mk MarketEur (template smb, invoice currency EUR); tenant in the export c2
+charge: azure_usage Q:0001 meter Compute on 2025-06-10
+raw amounts: q = 2, f = 1, cost = 100 USD, list = 120 USD, pec = 0 USD; pricing currency USD, PCToBC rate 1
+allocation: tag rule t1, share 0.5, unit bu/proj
+rate rule: fam (rate_cards.csv line 3): markup_on_cost 0.15
+  candidates (3 matching the line's fields):
+    any (line 2): names [], open to open, valid
+    fam (line 3): names [product_family], open to open, valid ← applied
+    old (line 4): names [meter_category, product_family], 2025-01-01 to 2025-06-01, not valid on the charge date
+  why: `fam` beats `any` at level `product_family` (a value against any); the levels above it are equal
+fx: policy market, rate 0.92 EUR per 1 USD: fx_rates.csv rate of 2025-06-20
+proration policy: mirror_microsoft
+arithmetic:
+  price = cost × (1 + 0.15) = 100 × (1 + 0.15) = 115 USD
+  price = 115 USD × 0.92 EUR/USD = 105.8 EUR
+  cost in EUR = 100 USD × 0.92 = 92 EUR
+  margin = price − cost = 105.8 − 92 = 13.8 EUR
+";
+    assert_eq!(e.to_text(), expected);
+    let j = serde_json::to_value(&e).unwrap();
+    assert_eq!(j["price"], serde_json::json!("105.8"));
+    assert_eq!(j["rate_rule_id"], serde_json::json!("fam"));
+    assert_eq!(j["candidates"][1]["won"], serde_json::json!(true));
+    assert_eq!(j["fx_date"], serde_json::json!("2025-06-20"));
+}
