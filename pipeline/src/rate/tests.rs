@@ -125,9 +125,13 @@ fn ctx() -> RunContext {
     RunContext::for_period(Period::new(2025, 6).unwrap())
 }
 
+/// Rates `rows`; the rated frame is collected by the streaming engine, as the job sinks it.
 fn rate(rows: &[Vec<(String, String)>], rate_cards: &DataFrame, ctx: &RunContext) -> (DataFrame, DataFrame) {
     let r = int_charges_rated(allocated(rows), rate_cards, &customers(), &fx_rates(), ctx).unwrap();
-    (r.rated.collect().unwrap(), r.errors.collect().unwrap())
+    (
+        r.rated.collect_with_engine(Engine::Streaming).unwrap().unwrap_single(),
+        r.errors.collect().unwrap(),
+    )
 }
 
 /// The value of `column` on the row whose `part_id` is `id`, as text (decimals normalised, null = "").
@@ -727,4 +731,24 @@ arithmetic:
     assert_eq!(j["rate_rule_id"], serde_json::json!("fam"));
     assert_eq!(j["candidates"][1]["won"], serde_json::json!(true));
     assert_eq!(j["fx_date"], serde_json::json!("2025-06-20"));
+}
+
+#[test]
+fn customer_ids_compare_case_insensitively_and_must_be_unique_that_way() {
+    let rc = cards("all,*,*,*,,,,markup_on_cost,0.1,,,");
+    // `C2` in the export finds customer `c2`.
+    let (df, _) = rate(&[usage("u", &[("customer_id", "C2")])], &rc, &ctx());
+    assert_eq!(cell(&df, "u", out::price), "110");
+    let twice = reference(
+        RefTable::Customers,
+        "customers.csv",
+        "customer_id,customer_name,invoice_currency,template\nabc,A,EUR,smb\nABC,B,EUR,smb",
+    );
+    let e = int_charges_rated(allocated(&[usage("u", &[])]), &rc, &twice, &fx_rates(), &ctx())
+        .err()
+        .unwrap();
+    match e {
+        PipelineError::Configs(v) => assert_eq!((v[0].line, v[0].column.as_str()), (3, "customer_id")),
+        other => panic!("{other}"),
+    }
 }
