@@ -246,16 +246,23 @@ table!(
 table!(
     /// Each allocated part priced for its customer in the customer's invoice currency (DESIGN §5 "Rate").
     /// `status` is `priced` or `unpriced` (`unpriced_reason` set, `price` and `margin` null).
+    /// `price_rule_ccy` is the price before FX: in `rate_currency` for `fixed_unit_price`, else in billing
+    /// currency; `price = price_rule_ccy × price_fx_rate` and `cost_ic = cost × fx_rate` (IC per 1 BC).
+    /// `fx_source`: `same_currency`, `microsoft`, `market`, `market_fallback`, `fixed`; `fx_inverted` when the
+    /// reverse pair's market rate was inverted. `price_fx_source`: `line` (the line's rate), `same_currency`
+    /// (a fixed price already in IC) or `market` (a fixed price in a third currency). `rate_rule_line` is the
+    /// rule's line in rate_cards.csv; `rate_method` is `credit_pass_through` on credits.
     int_charges_rated, Zone::Int, {
     part_id: Str, part_no: Int, line_id: Str, period: Str, source_kind: Str, source_file: Str, line_number: Int,
     customer_id: Str, source_customer_id: Str, customer_name: Str, template: Str, subscription_id: Str,
     pc_subscription_id: Str, resource_group: Str, resource_uri: Str, product_family: Str, product_id: Str,
     sku_id: Str, product_name: Str, sku_name: Str, meter_category: Str, meter_subcategory: Str, meter_name: Str,
     unit: Str, charge_type: Str, is_credit: Bool, line_type: Str, charge_date: Date, charge_start_date: Date,
-    charge_end_date: Date, billing_currency: Str, pricing_currency: Str, invoice_currency: Str, q: Dec, f: Dec,
-    cost: Dec, list: Dec, pec: Dec, allocation: Str, tag_rule_id: Str, share: Dec, unit_id: Str, unit_path: Str,
-    rate_rule_id: Str, rate_method: Str, rate_value: Dec, rate_currency: Str, price_rule_ccy: Dec,
-    fx_rate: Dec, fx_date: Date, fx_source: Str, cost_ic: Dec, price: Dec, margin: Dec,
+    charge_end_date: Date, billing_currency: Str, pricing_currency: Str, pc_to_bc_rate: Dec, invoice_currency: Str,
+    q: Dec, f: Dec, cost: Dec, list: Dec, pec: Dec, allocation: Str, tag_rule_id: Str, share: Dec, unit_id: Str,
+    unit_path: Str, rate_rule_id: Str, rate_rule_line: Int, rate_method: Str, rate_value: Dec, rate_currency: Str,
+    price_rule_ccy: Dec, fx_policy: Str, fx_rate: Dec, fx_date: Date, fx_source: Str, fx_inverted: Bool,
+    price_fx_rate: Dec, price_fx_date: Date, price_fx_source: Str, cost_ic: Dec, price: Dec, margin: Dec,
     proration_policy: Str, status: Str, unpriced_reason: Str,
 });
 
