@@ -75,11 +75,18 @@ fn sides(df: &DataFrame) -> Result<BTreeMap<Key, Side>> {
 /// The returned frame has the `fct_invoice_lines` schema with `invoice_line_id`, `invoice_number` null and
 /// `line_no` 0: `fct_invoices` of `target` numbers them. Lines whose quantity, amount and cost are unchanged give
 /// no adjustment. `original_line_id` is the issued line (null for a line that is new in the restatement).
-pub fn adjustment_lines(issued: &DataFrame, restated: &DataFrame, corrected: Period, target: Period) -> Result<DataFrame> {
+pub fn adjustment_lines(
+    issued: &DataFrame,
+    restated: &DataFrame,
+    corrected: Period,
+    target: Period,
+) -> Result<DataFrame> {
     if corrected >= target {
         return Err(PipelineError::Invariant {
             stage: "adjustment_lines",
-            message: format!("adjustments for {corrected} can only go on a later period's invoice, not {target}"),
+            message: format!(
+                "adjustments for {corrected} can only go on a later period's invoice, not {target}"
+            ),
         });
     }
     let before = sides(issued)?;
@@ -99,8 +106,12 @@ pub fn adjustment_lines(issued: &DataFrame, restated: &DataFrame, corrected: Per
     }
     let n = rows.len();
     let corrected_s = corrected.to_string();
-    let st = |f: &dyn Fn(&(Key, Side, Side)) -> Option<String>| -> Vec<Option<String>> { rows.iter().map(f).collect() };
-    let dc = |f: &dyn Fn(&(Key, Side, Side)) -> Decimal| -> Vec<Option<Decimal>> { rows.iter().map(|r| Some(f(r))).collect() };
+    let st = |f: &dyn Fn(&(Key, Side, Side)) -> Option<String>| -> Vec<Option<String>> {
+        rows.iter().map(f).collect()
+    };
+    let dc = |f: &dyn Fn(&(Key, Side, Side)) -> Decimal| -> Vec<Option<Decimal>> {
+        rows.iter().map(|r| Some(f(r))).collect()
+    };
     let pick = |b: &Option<String>, a: &Option<String>| b.clone().or_else(|| a.clone());
     let columns = vec![
         cells::str_column(fl::invoice_line_id, &vec![None; n]),
@@ -110,11 +121,23 @@ pub fn adjustment_lines(issued: &DataFrame, restated: &DataFrame, corrected: Per
         cells::str_column(fl::currency, &st(&|r| Some(r.0.1.clone()))),
         cells::int_column(fl::line_no, &vec![0; n]),
         cells::str_column(fl::line_type, &vec![Some("adjustment".to_string()); n]),
-        cells::str_column(fl::product_family, &st(&|r| Some(r.0.4.clone()).filter(|f| !f.is_empty()))),
-        cells::str_column(fl::subscription_id, &st(&|r| pick(&r.1.subscription_id, &r.2.subscription_id))),
-        cells::str_column(fl::group_key, &st(&|r| Some(format!("{corrected_s}|{}|{}", r.0.2, r.0.3)))),
+        cells::str_column(
+            fl::product_family,
+            &st(&|r| Some(r.0.4.clone()).filter(|f| !f.is_empty())),
+        ),
+        cells::str_column(
+            fl::subscription_id,
+            &st(&|r| pick(&r.1.subscription_id, &r.2.subscription_id)),
+        ),
+        cells::str_column(
+            fl::group_key,
+            &st(&|r| Some(format!("{corrected_s}|{}|{}", r.0.2, r.0.3))),
+        ),
         cells::str_column(fl::unit_id, &st(&|r| pick(&r.1.unit_id, &r.2.unit_id))),
-        cells::str_column(fl::unit_path, &st(&|r| pick(&r.1.unit_path, &r.2.unit_path))),
+        cells::str_column(
+            fl::unit_path,
+            &st(&|r| pick(&r.1.unit_path, &r.2.unit_path)),
+        ),
         cells::str_column(
             fl::description,
             &st(&|r| {
@@ -132,8 +155,14 @@ pub fn adjustment_lines(issued: &DataFrame, restated: &DataFrame, corrected: Per
         cells::dec_column(fl::amount, &dc(&|r| r.2.amount - r.1.amount)),
         cells::dec_column(fl::tax, &dc(&|_| Decimal::ZERO)),
         cells::dec_column(fl::cost, &dc(&|r| r.2.cost - r.1.cost)),
-        cells::dec_column(fl::margin, &dc(&|r| (r.2.amount - r.1.amount) - (r.2.cost - r.1.cost))),
-        cells::int_column(fl::part_count, &rows.iter().map(|r| r.2.parts).collect::<Vec<_>>()),
+        cells::dec_column(
+            fl::margin,
+            &dc(&|r| (r.2.amount - r.1.amount) - (r.2.cost - r.1.cost)),
+        ),
+        cells::int_column(
+            fl::part_count,
+            &rows.iter().map(|r| r.2.parts).collect::<Vec<_>>(),
+        ),
         cells::str_column(fl::corrected_period, &vec![Some(corrected_s.clone()); n]),
         cells::str_column(fl::original_line_id, &st(&|r| r.1.line_id.clone())),
     ];

@@ -31,7 +31,10 @@ impl MarketRates {
         let mut pairs: HashMap<(String, String), Vec<(NaiveDate, Decimal)>> = HashMap::new();
         for i in 0..d.len() {
             if let (Some(d), Some(f), Some(t), Some(r)) = (d[i], &from[i], &to[i], rate[i]) {
-                pairs.entry((f.to_ascii_uppercase(), t.to_ascii_uppercase())).or_default().push((d, r));
+                pairs
+                    .entry((f.to_ascii_uppercase(), t.to_ascii_uppercase()))
+                    .or_default()
+                    .push((d, r));
             }
         }
         for v in pairs.values_mut() {
@@ -41,7 +44,9 @@ impl MarketRates {
     }
 
     fn latest(&self, from: &str, to: &str, on: NaiveDate) -> Option<(NaiveDate, Decimal)> {
-        let v = self.pairs.get(&(from.to_ascii_uppercase(), to.to_ascii_uppercase()))?;
+        let v = self
+            .pairs
+            .get(&(from.to_ascii_uppercase(), to.to_ascii_uppercase()))?;
         v.iter().rev().find(|(d, _)| *d <= on).copied()
     }
 }
@@ -49,7 +54,12 @@ impl MarketRates {
 /// Units of `to` for one unit of `from` on `on`, with the date of the rate used: the latest direct rate on or
 /// before `on`, else the latest reverse rate inverted (half-even at 18 places, as Polars divides). `None` when
 /// neither exists; the same currency is 1.
-pub fn market_rate(rates: &MarketRates, from: &str, to: &str, on: NaiveDate) -> Option<(Decimal, NaiveDate)> {
+pub fn market_rate(
+    rates: &MarketRates,
+    from: &str,
+    to: &str,
+    on: NaiveDate,
+) -> Option<(Decimal, NaiveDate)> {
     if from.eq_ignore_ascii_case(to) {
         return Some((Decimal::ONE, on));
     }
@@ -57,6 +67,8 @@ pub fn market_rate(rates: &MarketRates, from: &str, to: &str, on: NaiveDate) -> 
         return Some((r, d));
     }
     let (d, r) = rates.latest(to, from, on)?;
-    let inv = Decimal::ONE.checked_div(r)?.round_dp(schemas::MONEY_SCALE as u32);
+    let inv = Decimal::ONE
+        .checked_div(r)?
+        .round_dp(schemas::MONEY_SCALE as u32);
     Some((inv, d))
 }

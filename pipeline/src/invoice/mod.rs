@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::NaiveDate;
 use polars::prelude::*;
 use rust_decimal::Decimal;
-use schemas::{fct_invoice_detail as det, fct_invoice_lines as fl, fct_invoices as fi, int_charges_rated as r};
+use schemas::{
+    fct_invoice_detail as det, fct_invoice_lines as fl, fct_invoices as fi, int_charges_rated as r,
+};
 
 use crate::context::{Period, RoundingMode, RunContext, RunMode};
 use crate::currency::{minor_unit, round};
@@ -109,14 +111,26 @@ impl InvoiceCheck {
 }
 
 /// The order of line types on an invoice: charges first, then the MSP's own lines, then reductions.
-const LINE_TYPES: &[&str] =
-    &["usage", "license", "one_time", "service", "manual", "refund", "credit", "adjustment", "spend_cap_credit"];
+const LINE_TYPES: &[&str] = &[
+    "usage",
+    "license",
+    "one_time",
+    "service",
+    "manual",
+    "refund",
+    "credit",
+    "adjustment",
+    "spend_cap_credit",
+];
 
 /// Line types that come from rated Microsoft charges (the spend cap applies to these).
 const CHARGE_TYPES: &[&str] = &["usage", "license", "one_time", "credit", "refund"];
 
 fn line_type_rank(t: &str) -> usize {
-    LINE_TYPES.iter().position(|x| *x == t).unwrap_or(LINE_TYPES.len())
+    LINE_TYPES
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(LINE_TYPES.len())
 }
 
 /// One invoice line before it has a number.
@@ -191,7 +205,14 @@ impl Errors {
         let codes: Vec<Option<String>> = self.0.iter().map(|(c, _)| Some(c.clone())).collect();
         let msgs: Vec<Option<String>> = self.0.iter().map(|(_, m)| Some(m.clone())).collect();
         let schema = error_schema();
-        cells::frame(vec![cells::str_column("code", &codes), cells::str_column("message", &msgs)], &schema, "errors")
+        cells::frame(
+            vec![
+                cells::str_column("code", &codes),
+                cells::str_column("message", &msgs),
+            ],
+            &schema,
+            "errors",
+        )
     }
 }
 
@@ -212,13 +233,21 @@ fn blank(e: Expr) -> Expr {
 fn sku_expr() -> Expr {
     when(blank(s(r::sku_id)))
         .then(s(r::product_id).fill_null(lit("")))
-        .otherwise(concat_str([s(r::product_id).fill_null(lit("")), s(r::sku_id)], ":", false))
+        .otherwise(concat_str(
+            [s(r::product_id).fill_null(lit("")), s(r::sku_id)],
+            ":",
+            false,
+        ))
 }
 
 /// The org unit a part is grouped under on enterprise invoices: its path, or `Unassigned`.
 fn unit_label_expr() -> Expr {
     when(blank(s(r::unit_path)))
-        .then(when(blank(s(r::unit_id))).then(lit(UNASSIGNED)).otherwise(s(r::unit_id)))
+        .then(
+            when(blank(s(r::unit_id)))
+                .then(lit(UNASSIGNED))
+                .otherwise(s(r::unit_id)),
+        )
         .otherwise(s(r::unit_path))
 }
 
@@ -227,17 +256,34 @@ fn unit_label_expr() -> Expr {
 /// - smb and trial: the licence SKU for licences, else the product family.
 fn group_key_expr() -> Expr {
     let detail = when(s(r::source_kind).eq(lit("daily_usage")))
-        .then(concat_str([lit("meter="), s(r::meter_category).fill_null(lit(""))], "", false))
+        .then(concat_str(
+            [lit("meter="), s(r::meter_category).fill_null(lit(""))],
+            "",
+            false,
+        ))
         .otherwise(concat_str([lit("sku="), sku_expr()], "", false));
     let enterprise = concat_str(
-        [lit("sub="), s(r::subscription_id).fill_null(lit("")), lit("|"), detail, lit("|unit="), unit_label_expr()],
+        [
+            lit("sub="),
+            s(r::subscription_id).fill_null(lit("")),
+            lit("|"),
+            detail,
+            lit("|unit="),
+            unit_label_expr(),
+        ],
         "",
         false,
     );
     let summary = when(s(r::product_family).eq(lit("license")))
         .then(concat_str([lit("sku="), sku_expr()], "", false))
-        .otherwise(concat_str([lit("family="), s(r::product_family).fill_null(lit(""))], "", false));
-    when(s(r::template).eq(lit("enterprise"))).then(enterprise).otherwise(summary)
+        .otherwise(concat_str(
+            [lit("family="), s(r::product_family).fill_null(lit(""))],
+            "",
+            false,
+        ));
+    when(s(r::template).eq(lit("enterprise")))
+        .then(enterprise)
+        .otherwise(summary)
 }
 
 /// Σ q × sign(f) per part: refunds count negative, a zero factor counts nothing.
@@ -261,13 +307,21 @@ fn keyed(rated: LazyFrame) -> LazyFrame {
         signed_q_expr().alias("signed_q"),
         priced_expr().alias("priced"),
         s(r::customer_id).fill_null(lit("")).alias("k_customer"),
-        s(r::invoice_currency).fill_null(lit("")).alias("k_currency"),
+        s(r::invoice_currency)
+            .fill_null(lit(""))
+            .alias("k_currency"),
         s(r::line_type).fill_null(lit("")).alias("k_line_type"),
         s(r::product_family).fill_null(lit("")).alias("k_family"),
     ])
 }
 
-const KEYS: [&str; 5] = ["k_customer", "k_currency", "k_line_type", "group_key", "k_family"];
+const KEYS: [&str; 5] = [
+    "k_customer",
+    "k_currency",
+    "k_line_type",
+    "group_key",
+    "k_family",
+];
 
 /// One row per (customer, currency, line type, group key, family, priced): what a line needs, summed.
 fn line_aggregate(rated: LazyFrame) -> LazyFrame {
@@ -281,8 +335,12 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
             s(r::cost_ic).sum().alias("cost"),
             col("signed_q").sum().alias("quantity"),
             len().cast(DataType::Int64).alias("part_count"),
-            coalesce(&[s(r::charge_start_date), s(r::charge_date)]).min().alias("start"),
-            coalesce(&[s(r::charge_end_date), s(r::charge_date)]).max().alias("end"),
+            coalesce(&[s(r::charge_start_date), s(r::charge_date)])
+                .min()
+                .alias("start"),
+            coalesce(&[s(r::charge_end_date), s(r::charge_date)])
+                .max()
+                .alias("end"),
             s(r::product_name).min().alias("product_name"),
             s(r::sku_name).min().alias("sku_name"),
             s(r::meter_category).min().alias("meter_category"),
@@ -290,12 +348,20 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
             s(r::unit_id).min().alias("unit_id"),
             s(r::unit_path).min().alias("unit_path"),
             s(r::unit).min().alias("unit"),
-            sku_expr().n_unique().cast(DataType::Int64).alias("n_products"),
+            sku_expr()
+                .n_unique()
+                .cast(DataType::Int64)
+                .alias("n_products"),
             s(r::unit).n_unique().cast(DataType::Int64).alias("n_units"),
             unit_one.any(true).alias("prorated"),
             s(r::template).min().alias("template"),
         ])
-        .sort(KEYS.iter().map(|k| PlSmallStr::from(*k)).collect::<Vec<_>>(), SortMultipleOptions::default())
+        .sort(
+            KEYS.iter()
+                .map(|k| PlSmallStr::from(*k))
+                .collect::<Vec<_>>(),
+            SortMultipleOptions::default(),
+        )
 }
 
 fn family_label(family: &str) -> String {
@@ -393,7 +459,10 @@ fn charge_lines(
         };
         if usage_like && enterprise {
             let what = meter[i].clone().unwrap_or_else(|| family_label(&family));
-            text.push_str(&format!("{what}, subscription {}", sub[i].clone().unwrap_or_default()));
+            text.push_str(&format!(
+                "{what}, subscription {}",
+                sub[i].clone().unwrap_or_default()
+            ));
         } else if usage_like || !single {
             text.push_str(&family_label(&family));
         } else {
@@ -405,17 +474,26 @@ fn charge_lines(
                 }
             }
             if enterprise {
-                text.push_str(&format!(", subscription {}", sub[i].clone().unwrap_or_default()));
+                text.push_str(&format!(
+                    ", subscription {}",
+                    sub[i].clone().unwrap_or_default()
+                ));
             }
         }
         let (line_unit_id, line_unit_path) = if enterprise {
             let path = unit_path[i].clone().or_else(|| unit_id[i].clone());
             let label = match &unit_id[i] {
-                Some(u) => unit_names.get(u).cloned().unwrap_or_else(|| path.clone().unwrap_or_default()),
+                Some(u) => unit_names
+                    .get(u)
+                    .cloned()
+                    .unwrap_or_else(|| path.clone().unwrap_or_default()),
                 None => UNASSIGNED.to_string(),
             };
             text.push_str(&format!(", {label}"));
-            (unit_id[i].clone(), Some(path.unwrap_or_else(|| UNASSIGNED.to_string())))
+            (
+                unit_id[i].clone(),
+                Some(path.unwrap_or_else(|| UNASSIGNED.to_string())),
+            )
         } else {
             (None, None)
         };
@@ -424,7 +502,9 @@ fn charge_lines(
             text.push_str(" (prorated)");
         }
         let unit_price = if single && !usage_like && !quantity.is_zero() {
-            amount_unrounded.checked_div(quantity).map(|p| p.round_dp(schemas::MONEY_SCALE as u32))
+            amount_unrounded
+                .checked_div(quantity)
+                .map(|p| p.round_dp(schemas::MONEY_SCALE as u32))
         } else {
             None
         };
@@ -439,7 +519,11 @@ fn charge_lines(
             unit_path: line_unit_path,
             description: text,
             quantity,
-            unit: if n_units[i].unwrap_or(0) <= 1 { unit[i].clone() } else { None },
+            unit: if n_units[i].unwrap_or(0) <= 1 {
+                unit[i].clone()
+            } else {
+                None
+            },
             unit_price,
             amount_unrounded,
             amount: Decimal::ZERO,
@@ -476,7 +560,8 @@ fn service_lines(
 
     // (customer, project code) → (unit id, unit path, name)
     use schemas::stg_org_units as o;
-    let mut units: HashMap<(String, String), (String, Option<String>, Option<String>)> = HashMap::new();
+    let mut units: HashMap<(String, String), (String, Option<String>, Option<String>)> =
+        HashMap::new();
     let (ou_id, ou_cust, ou_code, ou_path, ou_name) = (
         cells::strs(org_units, o::unit_id)?,
         cells::strs(org_units, o::customer_id)?,
@@ -486,7 +571,10 @@ fn service_lines(
     );
     for i in 0..ou_id.len() {
         if let (Some(u), Some(c), Some(code)) = (&ou_id[i], &ou_cust[i], &ou_code[i]) {
-            units.insert((c.clone(), code.clone()), (u.clone(), ou_path[i].clone(), ou_name[i].clone()));
+            units.insert(
+                (c.clone(), code.clone()),
+                (u.clone(), ou_path[i].clone(), ou_name[i].clone()),
+            );
         }
     }
 
@@ -515,7 +603,10 @@ fn service_lines(
         let (h, rt) = (hours[i].unwrap_or_default(), rate[i].unwrap_or_default());
         let from = ccy[i].clone().unwrap_or_default();
         let Some(local) = h.checked_mul(rt) else {
-            errors.push("overflow", format!("{where_}: hours × hourly_rate is too large to compute exactly"));
+            errors.push(
+                "overflow",
+                format!("{where_}: hours × hourly_rate is too large to compute exactly"),
+            );
             continue;
         };
         let amount = if from == c.currency {
@@ -525,7 +616,12 @@ fn service_lines(
                 Some((fx, _)) => match local.checked_mul(fx) {
                     Some(v) => v.round_dp(schemas::MONEY_SCALE as u32),
                     None => {
-                        errors.push("overflow", format!("{where_}: the converted amount is too large to compute exactly"));
+                        errors.push(
+                            "overflow",
+                            format!(
+                                "{where_}: the converted amount is too large to compute exactly"
+                            ),
+                        );
                         continue;
                     }
                 },
@@ -539,13 +635,15 @@ fn service_lines(
             }
         };
         let code = proj[i].clone().unwrap_or_default();
-        let acc = groups.entry((customer, c.currency.clone(), code)).or_insert(Acc {
-            hours: Decimal::ZERO,
-            amount: Decimal::ZERO,
-            entries: 0,
-            first: None,
-            last: None,
-        });
+        let acc = groups
+            .entry((customer, c.currency.clone(), code))
+            .or_insert(Acc {
+                hours: Decimal::ZERO,
+                amount: Decimal::ZERO,
+                entries: 0,
+                first: None,
+                last: None,
+            });
         acc.hours += h;
         acc.amount += amount;
         acc.entries += 1;
@@ -555,17 +653,27 @@ fn service_lines(
     let mut lines = Vec::new();
     for ((customer, currency, code), acc) in groups {
         let unit = units.get(&(customer.clone(), code.clone()));
-        let project = if code.is_empty() { "no project".to_string() } else { format!("project {code}") };
+        let project = if code.is_empty() {
+            "no project".to_string()
+        } else {
+            format!("project {code}")
+        };
         let mut text = format!("Services: {project}");
         if let Some((u, _, name)) = unit {
             text.push_str(&format!(" ({})", name.clone().unwrap_or_else(|| u.clone())));
         }
-        text.push_str(&format!(", {} time entr{}", acc.entries, if acc.entries == 1 { "y" } else { "ies" }));
+        text.push_str(&format!(
+            ", {} time entr{}",
+            acc.entries,
+            if acc.entries == 1 { "y" } else { "ies" }
+        ));
         text.push_str(&date_range(acc.first, acc.last));
         let unit_price = if acc.hours.is_zero() {
             None
         } else {
-            acc.amount.checked_div(acc.hours).map(|p| p.round_dp(schemas::MONEY_SCALE as u32))
+            acc.amount
+                .checked_div(acc.hours)
+                .map(|p| p.round_dp(schemas::MONEY_SCALE as u32))
         };
         lines.push(Line {
             customer_id: customer,
@@ -628,12 +736,22 @@ fn manual_lines(
             p = -p.abs();
         }
         let Some(amount) = q.checked_mul(p) else {
-            errors.push("overflow", format!("{where_}: quantity × unit_price is too large to compute exactly"));
+            errors.push(
+                "overflow",
+                format!("{where_}: quantity × unit_price is too large to compute exactly"),
+            );
             continue;
         };
-        let description = desc[i].clone().or_else(|| reference[i].clone()).unwrap_or_else(|| "Manual line".into());
+        let description = desc[i]
+            .clone()
+            .or_else(|| reference[i].clone())
+            .unwrap_or_else(|| "Manual line".into());
         // The key names the clerk's reference and text; a repeat gets its occurrence number so keys stay unique.
-        let base = format!("manual={}|{}", reference[i].clone().unwrap_or_default(), description);
+        let base = format!(
+            "manual={}|{}",
+            reference[i].clone().unwrap_or_default(),
+            description
+        );
         let n = seen.entry((customer.clone(), base.clone())).or_default();
         *n += 1;
         let group_key = if *n == 1 { base } else { format!("{base}#{n}") };
@@ -654,7 +772,11 @@ fn manual_lines(
 }
 
 /// Adjustment lines given by the job (already rounded differences; see [`adjustment_lines`]).
-fn given_adjustments(adj: &DataFrame, customers: &BTreeMap<String, Customer>, errors: &mut Errors) -> Result<Vec<Line>> {
+fn given_adjustments(
+    adj: &DataFrame,
+    customers: &BTreeMap<String, Customer>,
+    errors: &mut Errors,
+) -> Result<Vec<Line>> {
     if adj.height() == 0 {
         return Ok(Vec::new());
     }
@@ -721,7 +843,11 @@ pub fn invoice_number(prefix: &str, period: Period, ordinal: usize) -> String {
 /// The half (or, under `down`, whole) minor unit that bounds one line's rounding drift.
 pub fn drift_bound_per_line(currency: &str, mode: RoundingMode) -> Option<Decimal> {
     let unit = Decimal::new(1, minor_unit(currency)?);
-    Some(if mode == RoundingMode::Down { unit } else { unit / Decimal::TWO })
+    Some(if mode == RoundingMode::Down {
+        unit
+    } else {
+        unit / Decimal::TWO
+    })
 }
 
 /// Builds the period's invoices, lines and detail from the rated parts, PSA time, manual lines and adjustments.
@@ -735,11 +861,16 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
         use schemas::stg_org_units as o;
         let ids = cells::strs(inputs.org_units, o::unit_id)?;
         let names = cells::strs(inputs.org_units, o::name)?;
-        ids.into_iter().zip(names).filter_map(|(i, n)| Some((i?, n?))).collect()
+        ids.into_iter()
+            .zip(names)
+            .filter_map(|(i, n)| Some((i?, n?)))
+            .collect()
     };
 
     // The one collect of this stage: a row per prospective invoice line (small), see the module comment.
-    let agg = line_aggregate(inputs.rated.clone()).collect().map_err(PipelineError::polars(STAGE))?;
+    let agg = line_aggregate(inputs.rated.clone())
+        .collect()
+        .map_err(PipelineError::polars(STAGE))?;
     let (mut lines, unpriced) = charge_lines(&agg, &unit_names, &mut errors)?;
     for l in &lines {
         if !customers.contains_key(&l.customer_id) {
@@ -751,8 +882,20 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
         }
     }
     lines.retain(|l| customers.contains_key(&l.customer_id));
-    lines.extend(service_lines(inputs.psa_time, inputs.org_units, &customers, &rates, period, &mut errors)?);
-    lines.extend(manual_lines(inputs.manual_lines, &customers, period, &mut errors)?);
+    lines.extend(service_lines(
+        inputs.psa_time,
+        inputs.org_units,
+        &customers,
+        &rates,
+        period,
+        &mut errors,
+    )?);
+    lines.extend(manual_lines(
+        inputs.manual_lines,
+        &customers,
+        period,
+        &mut errors,
+    )?);
     let adjustments = given_adjustments(&inputs.adjustments, &customers, &mut errors)?;
 
     // Round once per line (adjustments are differences of rounded amounts and stay as they are).
@@ -763,11 +906,16 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
         };
     }
     lines.extend(adjustments);
-    let (bad, good): (Vec<Line>, Vec<Line>) = lines.into_iter().partition(|l| minor_unit(&l.currency).is_none());
+    let (bad, good): (Vec<Line>, Vec<Line>) = lines
+        .into_iter()
+        .partition(|l| minor_unit(&l.currency).is_none());
     for l in bad {
         errors.push(
             "unknown_currency",
-            format!("a `{}` line of customer `{}` is in `{}`, not an ISO 4217 code; fix the currency", l.line_type, l.customer_id, l.currency),
+            format!(
+                "a `{}` line of customer `{}` is in `{}`, not an ISO 4217 code; fix the currency",
+                l.line_type, l.customer_id, l.currency
+            ),
         );
     }
     let mut lines = good;
@@ -777,11 +925,15 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
     let mut charge_sums: BTreeMap<(String, String), Decimal> = BTreeMap::new();
     for l in &lines {
         if CHARGE_TYPES.contains(&l.line_type.as_str()) {
-            *charge_sums.entry((l.customer_id.clone(), l.currency.clone())).or_default() += l.amount;
+            *charge_sums
+                .entry((l.customer_id.clone(), l.currency.clone()))
+                .or_default() += l.amount;
         }
     }
     for ((customer, currency), charged) in &charge_sums {
-        let Some(c) = customers.get(customer) else { continue };
+        let Some(c) = customers.get(customer) else {
+            continue;
+        };
         let Some(cap) = c.spend_cap else { continue };
         if c.template != "trial" || &c.currency != currency || *charged <= cap {
             continue;
@@ -793,7 +945,9 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
             currency: currency.clone(),
             line_type: "spend_cap_credit".into(),
             group_key: "spend_cap".into(),
-            description: format!("Trial spend cap: charges of {charged} {currency} above the cap of {cap} {currency}"),
+            description: format!(
+                "Trial spend cap: charges of {charged} {currency} above the cap of {cap} {currency}"
+            ),
             quantity: Decimal::ONE,
             amount_unrounded: offset,
             amount: round(offset, dp, mode),
@@ -803,49 +957,88 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
     lines.extend(caps);
 
     // Invoices: one per (customer, currency) with at least one line, numbered in code-point order.
-    let keys: BTreeSet<(String, String)> = lines.iter().map(|l| (l.customer_id.clone(), l.currency.clone())).collect();
+    let keys: BTreeSet<(String, String)> = lines
+        .iter()
+        .map(|l| (l.customer_id.clone(), l.currency.clone()))
+        .collect();
     let numbers: BTreeMap<(String, String), String> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| (k.clone(), invoice_number(&ctx.policies.invoice_prefix, period, i + 1)))
+        .map(|(i, k)| {
+            (
+                k.clone(),
+                invoice_number(&ctx.policies.invoice_prefix, period, i + 1),
+            )
+        })
         .collect();
     lines.sort_by(|a, b| {
-        (&a.customer_id, &a.currency, line_type_rank(&a.line_type), &a.group_key, &a.product_family).cmp(&(
-            &b.customer_id,
-            &b.currency,
-            line_type_rank(&b.line_type),
-            &b.group_key,
-            &b.product_family,
-        ))
+        (
+            &a.customer_id,
+            &a.currency,
+            line_type_rank(&a.line_type),
+            &a.group_key,
+            &a.product_family,
+        )
+            .cmp(&(
+                &b.customer_id,
+                &b.currency,
+                line_type_rank(&b.line_type),
+                &b.group_key,
+                &b.product_family,
+            ))
     });
 
     let lines_df = lines_frame(&lines, &numbers, period)?;
     let invoices_df = invoices_frame(&lines, &numbers, &customers, &unpriced, ctx)?;
     let checks = checks(&invoices_df, &lines_df, mode)?;
     let detail = detail_plan(inputs.rated, &lines_df, period);
-    Ok(Invoiced { invoices: invoices_df, lines: lines_df, detail, errors: errors.frame()?, checks })
+    Ok(Invoiced {
+        invoices: invoices_df,
+        lines: lines_df,
+        detail,
+        errors: errors.frame()?,
+        checks,
+    })
 }
 
 fn line_id(number: &str, line_no: usize) -> String {
     format!("{number}-{line_no:04}")
 }
 
-fn lines_frame(lines: &[Line], numbers: &BTreeMap<(String, String), String>, period: Period) -> Result<DataFrame> {
+fn lines_frame(
+    lines: &[Line],
+    numbers: &BTreeMap<(String, String), String>,
+    period: Period,
+) -> Result<DataFrame> {
     let n = lines.len();
     let mut ids = Vec::with_capacity(n);
     let mut nums = Vec::with_capacity(n);
     let mut line_nos = Vec::with_capacity(n);
     let mut counter: BTreeMap<&str, usize> = BTreeMap::new();
     for l in lines {
-        let num = numbers.get(&(l.customer_id.clone(), l.currency.clone())).cloned().unwrap_or_default();
-        let k = counter.entry(numbers.get(&(l.customer_id.clone(), l.currency.clone())).map(String::as_str).unwrap_or("")).or_default();
+        let num = numbers
+            .get(&(l.customer_id.clone(), l.currency.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let k = counter
+            .entry(
+                numbers
+                    .get(&(l.customer_id.clone(), l.currency.clone()))
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            )
+            .or_default();
         *k += 1;
         ids.push(Some(line_id(&num, *k)));
         line_nos.push(*k as i64);
         nums.push(Some(num));
     }
-    let st = |f: &dyn Fn(&Line) -> Option<String>| -> Vec<Option<String>> { lines.iter().map(f).collect() };
-    let dc = |f: &dyn Fn(&Line) -> Option<Decimal>| -> Vec<Option<Decimal>> { lines.iter().map(f).collect() };
+    let st = |f: &dyn Fn(&Line) -> Option<String>| -> Vec<Option<String>> {
+        lines.iter().map(f).collect()
+    };
+    let dc = |f: &dyn Fn(&Line) -> Option<Decimal>| -> Vec<Option<Decimal>> {
+        lines.iter().map(f).collect()
+    };
     let columns = vec![
         cells::str_column(fl::invoice_line_id, &ids),
         cells::str_column(fl::invoice_number, &nums),
@@ -868,7 +1061,10 @@ fn lines_frame(lines: &[Line], numbers: &BTreeMap<(String, String), String>, per
         cells::dec_column(fl::tax, &dc(&|_| Some(Decimal::ZERO))),
         cells::dec_column(fl::cost, &dc(&|l| Some(l.cost))),
         cells::dec_column(fl::margin, &dc(&|l| Some(l.amount - l.cost))),
-        cells::int_column(fl::part_count, &lines.iter().map(|l| l.part_count).collect::<Vec<_>>()),
+        cells::int_column(
+            fl::part_count,
+            &lines.iter().map(|l| l.part_count).collect::<Vec<_>>(),
+        ),
         cells::str_column(fl::corrected_period, &st(&|l| l.corrected_period.clone())),
         cells::str_column(fl::original_line_id, &st(&|l| l.original_line_id.clone())),
     ];
@@ -888,7 +1084,8 @@ fn invoices_frame(
         subtotal: Decimal,
         cost: Decimal,
     }
-    let mut totals: BTreeMap<&(String, String), Totals> = numbers.keys().map(|k| (k, Totals::default())).collect();
+    let mut totals: BTreeMap<&(String, String), Totals> =
+        numbers.keys().map(|k| (k, Totals::default())).collect();
     for l in lines {
         if let Some(t) = totals.get_mut(&(l.customer_id.clone(), l.currency.clone())) {
             t.lines += 1;
@@ -899,21 +1096,31 @@ fn invoices_frame(
     // Unpriced parts are counted on the customer's invoice in its invoice currency, or its first invoice.
     let mut unpriced_on: BTreeMap<&(String, String), i64> = BTreeMap::new();
     for (customer, count) in unpriced {
-        let Some(c) = customers.get(customer) else { continue };
+        let Some(c) = customers.get(customer) else {
+            continue;
+        };
         let own = (customer.clone(), c.currency.clone());
-        let key = numbers.get_key_value(&own).map(|(k, _)| k).or_else(|| numbers.keys().find(|k| &k.0 == customer));
+        let key = numbers
+            .get_key_value(&own)
+            .map(|(k, _)| k)
+            .or_else(|| numbers.keys().find(|k| &k.0 == customer));
         if let Some(k) = key {
             *unpriced_on.entry(k).or_default() += count;
         }
     }
-    let status = if ctx.mode == RunMode::Close { "final" } else { "provisional" };
+    let status = if ctx.mode == RunMode::Close {
+        "final"
+    } else {
+        "provisional"
+    };
     let invoice_date = ctx.policies.invoice_date;
     let mut cols: BTreeMap<&str, Vec<Option<String>>> = BTreeMap::new();
     let mut decs: BTreeMap<&str, Vec<Option<Decimal>>> = BTreeMap::new();
     let (mut line_count, mut unpriced_count, mut due) = (Vec::new(), Vec::new(), Vec::new());
     for (key, t) in &totals {
         let c = customers.get(&key.0);
-        let mut push = |name: &'static str, v: Option<String>| cols.entry(name).or_default().push(v);
+        let mut push =
+            |name: &'static str, v: Option<String>| cols.entry(name).or_default().push(v);
         push(fi::invoice_number, numbers.get(*key).cloned());
         push(fi::period, Some(ctx.period.to_string()));
         push(fi::customer_id, Some(key.0.clone()));
@@ -923,7 +1130,8 @@ fn invoices_frame(
         push(fi::status, Some(status.into()));
         push(fi::issuer, Some(ctx.policies.issuer.clone()));
         push(fi::run_id, Some(ctx.run_id.clone()));
-        let mut dpush = |name: &'static str, v: Decimal| decs.entry(name).or_default().push(Some(v));
+        let mut dpush =
+            |name: &'static str, v: Decimal| decs.entry(name).or_default().push(Some(v));
         dpush(fi::subtotal, t.subtotal);
         dpush(fi::tax, Decimal::ZERO);
         dpush(fi::total, t.subtotal);
@@ -935,8 +1143,10 @@ fn invoices_frame(
         due.push(invoice_date.checked_add_signed(chrono::TimeDelta::days(terms)));
     }
     let n = totals.len();
-    let get = |m: &BTreeMap<&str, Vec<Option<String>>>, k: &str| m.get(k).cloned().unwrap_or_default();
-    let getd = |m: &BTreeMap<&str, Vec<Option<Decimal>>>, k: &str| m.get(k).cloned().unwrap_or_default();
+    let get =
+        |m: &BTreeMap<&str, Vec<Option<String>>>, k: &str| m.get(k).cloned().unwrap_or_default();
+    let getd =
+        |m: &BTreeMap<&str, Vec<Option<Decimal>>>, k: &str| m.get(k).cloned().unwrap_or_default();
     let mut columns = Vec::new();
     for (name, ty) in fi::COLUMNS {
         let c = match (*name, ty) {
@@ -953,7 +1163,11 @@ fn invoices_frame(
 }
 
 /// The DESIGN §6 invoice checks, recomputed from the output frames (not from the values used to build them).
-fn checks(invoices: &DataFrame, lines: &DataFrame, mode: RoundingMode) -> Result<Vec<InvoiceCheck>> {
+fn checks(
+    invoices: &DataFrame,
+    lines: &DataFrame,
+    mode: RoundingMode,
+) -> Result<Vec<InvoiceCheck>> {
     let mut sums: HashMap<String, (u64, Decimal, Decimal)> = HashMap::new();
     let nums = cells::strs(lines, fl::invoice_number)?;
     let am = cells::decs(lines, fl::amount)?;
@@ -991,7 +1205,11 @@ fn detail_plan(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame
     let map = lines
         .clone()
         .lazy()
-        .filter(CHARGE_TYPES.iter().fold(lit(false), |acc, t| acc.or(col(fl::line_type).eq(lit(*t)))))
+        .filter(
+            CHARGE_TYPES
+                .iter()
+                .fold(lit(false), |acc, t| acc.or(col(fl::line_type).eq(lit(*t)))),
+        )
         .select([
             col(fl::customer_id).alias("k_customer"),
             col(fl::currency).alias("k_currency"),
