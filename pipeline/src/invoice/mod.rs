@@ -12,7 +12,7 @@
 //! stable across re-runs: `adjustment_lines` matches an issued line with its restated self on it.
 
 mod adjust;
-mod cells;
+pub mod cells;
 mod fx;
 #[cfg(test)]
 mod tests;
@@ -352,7 +352,7 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
                 .n_unique()
                 .cast(DataType::Int64)
                 .alias("n_products"),
-            s(r::unit).n_unique().cast(DataType::Int64).alias("n_units"),
+            s(r::unit).drop_nulls().n_unique().cast(DataType::Int64).alias("n_units"),
             unit_one.any(true).alias("prorated"),
             s(r::template).min().alias("template"),
         ])
