@@ -328,6 +328,11 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
     let mut by: Vec<Expr> = KEYS.iter().map(|k| col(*k)).collect();
     by.push(col("priced"));
     let unit_one = s(r::f).neq(dec("1")).and(s(r::f).neq(dec("-1")));
+    // The price of one whole unit, price / (q × f): a prorated seat still shows the monthly seat price.
+    let qf = s(r::q) * s(r::f);
+    let whole = when(qf.clone().eq(dec("0")))
+        .then(lit(NULL).cast(schemas::money()))
+        .otherwise(s(r::price) / when(qf.clone().eq(dec("0"))).then(dec("1")).otherwise(qf));
     keyed(rated)
         .group_by(by)
         .agg([
@@ -352,8 +357,14 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
                 .n_unique()
                 .cast(DataType::Int64)
                 .alias("n_products"),
-            s(r::unit).drop_nulls().n_unique().cast(DataType::Int64).alias("n_units"),
+            s(r::unit)
+                .drop_nulls()
+                .n_unique()
+                .cast(DataType::Int64)
+                .alias("n_units"),
             unit_one.any(true).alias("prorated"),
+            whole.clone().min().alias("whole_min"),
+            whole.max().alias("whole_max"),
             s(r::template).min().alias("template"),
         ])
         .sort(
@@ -412,6 +423,8 @@ fn charge_lines(
     let unit_path = cells::strs(agg, "unit_path")?;
     let unit = cells::strs(agg, "unit")?;
     let n_products = cells::ints(agg, "n_products")?;
+    let whole_min = cells::decs(agg, "whole_min")?;
+    let whole_max = cells::decs(agg, "whole_max")?;
     let n_units = cells::ints(agg, "n_units")?;
     let prorated = cells::bools(agg, "prorated")?;
     let template = cells::strs(agg, "template")?;
@@ -501,12 +514,11 @@ fn charge_lines(
         if prorated[i] == Some(true) && !usage_like {
             text.push_str(" (prorated)");
         }
-        let unit_price = if single && !usage_like && !quantity.is_zero() {
-            amount_unrounded
-                .checked_div(quantity)
-                .map(|p| p.round_dp(schemas::MONEY_SCALE as u32))
-        } else {
-            None
+        // A unit price only where it means something: one product whose parts all have the same whole-unit
+        // price (a mid-month price change leaves it empty rather than printing an average).
+        let unit_price = match (whole_min[i], whole_max[i]) {
+            (Some(lo), Some(hi)) if single && !usage_like && lo == hi => Some(lo),
+            _ => None,
         };
         lines.push(Line {
             customer_id: customer,
@@ -946,7 +958,9 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
             line_type: "spend_cap_credit".into(),
             group_key: "spend_cap".into(),
             description: format!(
-                "Trial spend cap: charges of {charged} {currency} above the cap of {cap} {currency}"
+                "Trial spend cap: charges of {} {currency} above the cap of {} {currency}",
+                fixed(*charged, dp),
+                fixed(cap, dp)
             ),
             quantity: Decimal::ONE,
             amount_unrounded: offset,
@@ -999,6 +1013,13 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
         errors: errors.frame()?,
         checks,
     })
+}
+
+/// `d` with exactly `dp` places, for text (`100` EUR → `100.00`).
+fn fixed(d: Decimal, dp: u32) -> String {
+    let mut v = d.round_dp(dp);
+    v.rescale(dp);
+    v.to_string()
 }
 
 fn line_id(number: &str, line_no: usize) -> String {

@@ -176,12 +176,14 @@ fn smb_one_line_per_family_and_licence_sku_never_netting_credits_or_refunds() {
         // Azure usage: two parts, one family line. 1.005 + 2.0025 = 3.0075 → 3.01 (half-even, 2 places).
         "a1,c1,smb,EUR,usage,azure_usage,daily_usage,DZH318Z0BQ4J,0001,Azure plan,,Virtual Machines,S1,,,1 Hour,10,1,0.9,1.005,priced,,,2025-06-03",
         "a2,c1,smb,EUR,usage,azure_usage,daily_usage,DZH318Z0BQ4J,0001,Azure plan,,Storage,S2,,,1 GB,5,1,1.8,2.0025,priced,,,2025-06-04",
-        // Licence P1:0001: 10 full seats (60) + 2 seats at half a month (f 0.5, 6): quantity 12, amount 66.
+        // Licence P1:0001: 10 full seats (60) + 2 seats at half a month (f 0.5, 6): quantity 12, amount 66;
+        // the unit price is the whole-seat price 60 / (10 × 1) = 6 / (2 × 0.5) = 6.
         "l1,c1,smb,EUR,license,license,invoice_line,P1,0001,Microsoft 365 E3,E3,,PS1,,,Licenses,10,1,50,60,priced,2025-06-01,2025-06-30,2025-06-01",
         "l2,c1,smb,EUR,license,license,invoice_line,P1,0001,Microsoft 365 E3,E3,,PS1,,,Licenses,2,0.5,5,6,priced,2025-06-16,2025-06-30,2025-06-16",
         // Another SKU: its own line.
         "l3,c1,smb,EUR,license,license,invoice_line,P2,0001,Exchange Online,Plan 1,,PS2,,,Licenses,1,1,3,3.333,priced,2025-06-01,2025-06-30,2025-06-01",
-        // A refund of one P1 seat for a few days (f -0.25): its own line, quantity -1, never netted into the charge.
+        // A refund of one P1 seat for a few days (f -0.25): its own line, quantity -1, never netted into the charge;
+        // unit price −1.5 / (1 × −0.25) = 6.
         "l4,c1,smb,EUR,refund,license,invoice_line,P1,0001,Microsoft 365 E3,E3,,PS1,,,Licenses,1,-0.25,-1.25,-1.5,priced,2025-06-01,2025-06-30,2025-06-01",
         // A Microsoft credit passes through at cost: its own credit line.
         "c1x,c1,smb,EUR,credit,azure_usage,invoice_line,DZH318Z0BQ4J,,Azure credit,,,S1,,,,1,-1,-5,-5,priced,2025-06-01,2025-06-30,2025-06-01",
@@ -208,10 +210,10 @@ fn smb_one_line_per_family_and_licence_sku_never_netting_credits_or_refunds() {
         ),
         vec![
             "INV-202506-0001-0001 | usage | family=azure_usage | 15 | ∅ | 3.0075 | 3.01 | 2.7 | 0.31 | 2",
-            "INV-202506-0001-0002 | license | sku=P1:0001 | 12 | 5.5 | 66 | 66 | 55 | 11 | 2",
+            "INV-202506-0001-0002 | license | sku=P1:0001 | 12 | 6 | 66 | 66 | 55 | 11 | 2",
             // 3.333 / 1 = 3.333 per seat; the amount rounds to 3.33.
             "INV-202506-0001-0003 | license | sku=P2:0001 | 1 | 3.333 | 3.333 | 3.33 | 3 | 0.33 | 1",
-            "INV-202506-0001-0004 | refund | sku=P1:0001 | -1 | 1.5 | -1.5 | -1.5 | -1.25 | -0.25 | 1",
+            "INV-202506-0001-0004 | refund | sku=P1:0001 | -1 | 6 | -1.5 | -1.5 | -1.25 | -0.25 | 1",
             "INV-202506-0001-0005 | credit | family=azure_usage | -1 | ∅ | -5 | -5 | -5 | 0 | 1",
         ]
     );
@@ -441,6 +443,10 @@ fn trial_charges_above_the_cap_are_offset_by_one_spend_cap_credit() {
         vec!["c1 | 180", "t1 | 100"]
     );
     assert!(out.checks.iter().all(InvoiceCheck::ok));
+    assert_eq!(
+        rows(&out.lines, &[fl::description])[3],
+        "Trial spend cap: charges of 110.00 EUR above the cap of 100.00 EUR"
+    );
 
     // Below the cap: no credit line.
     let out = refs.run(
