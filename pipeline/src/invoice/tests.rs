@@ -796,3 +796,53 @@ proptest! {
         prop_assert!(out.checks.iter().all(InvoiceCheck::ok));
     }
 }
+
+#[test]
+fn rows_that_cannot_be_invoiced_are_errors_and_unpriced_counts_land_on_the_own_currency_invoice() {
+    let mut refs = Refs::new();
+    // c1 (EUR) also has a manual USD line: the unpriced count goes on its EUR invoice, not the USD one.
+    refs.manual = stage(
+        RefTable::ManualLines,
+        "customer_id,period,description,quantity,unit_price,currency,line_type,reference\nc1,2025-06,Travel,1,40,USD,charge,",
+    );
+    let out = refs.run(
+        rated_rows(&[
+            "a,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,0,1,priced,,,2025-06-01",
+            "u1,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,0,,unpriced,,,2025-06-01",
+            "u2,c1,smb,EUR,license,license,invoice_line,P1,0001,X,Y,,PS1,,,Licenses,1,1,0,,unpriced,,,2025-06-01",
+            // Priced for a customer customers.csv does not know, and priced in a currency that is not ISO 4217.
+            "x,ghost,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,0,1,priced,,,2025-06-01",
+            "y,e1,enterprise,XXY,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,0,1,priced,,,2025-06-01",
+        ]),
+        &june(),
+    );
+    assert_eq!(
+        rows(
+            &out.invoices,
+            &[fi::customer_id, fi::currency, fi::unpriced_charges]
+        ),
+        vec!["c1 | EUR | 2", "c1 | USD | 0"]
+    );
+    let mut codes = rows(&out.errors, &["code"]);
+    codes.sort();
+    assert_eq!(codes, vec!["unknown_currency", "unknown_customer"]);
+    // The detail holds only parts that reached a line.
+    assert_eq!(out.detail.collect().unwrap().height(), 1);
+}
+
+#[test]
+fn no_unit_price_when_the_parts_of_a_line_have_different_prices() {
+    let refs = Refs::new();
+    let out = refs.run(
+        rated_rows(&[
+            // A seat price change mid-month: 6 then 7 per whole seat; an average would mislead, so none is shown.
+            "l1,c1,smb,EUR,license,license,invoice_line,P1,0001,E3,E3,,PS1,,,Licenses,1,0.5,2,3,priced,2025-06-01,2025-06-15,2025-06-01",
+            "l2,c1,smb,EUR,license,license,invoice_line,P1,0001,E3,E3,,PS1,,,Licenses,1,0.5,2,3.5,priced,2025-06-16,2025-06-30,2025-06-16",
+        ]),
+        &june(),
+    );
+    assert_eq!(
+        rows(&out.lines, &[fl::quantity, fl::unit_price, fl::amount]),
+        vec!["2 | ∅ | 6.5"]
+    );
+}
