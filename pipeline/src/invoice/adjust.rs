@@ -31,6 +31,8 @@ struct Side {
 }
 
 type Key = (String, String, String, String, String);
+/// A matched key with its issued and restated sides.
+type Row = (Key, Side, Side);
 
 fn sides(df: &DataFrame) -> Result<BTreeMap<Key, Side>> {
     let cust = cells::strs(df, fl::customer_id)?;
@@ -95,7 +97,7 @@ pub fn adjustment_lines(
     keys.sort();
     keys.dedup();
 
-    let mut rows: Vec<(Key, Side, Side)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for k in keys {
         let b = before.get(k).cloned().unwrap_or_default();
         let a = after.get(k).cloned().unwrap_or_default();
@@ -106,10 +108,10 @@ pub fn adjustment_lines(
     }
     let n = rows.len();
     let corrected_s = corrected.to_string();
-    let st = |f: &dyn Fn(&(Key, Side, Side)) -> Option<String>| -> Vec<Option<String>> {
+    let st = |f: &dyn Fn(&Row) -> Option<String>| -> Vec<Option<String>> {
         rows.iter().map(f).collect()
     };
-    let dc = |f: &dyn Fn(&(Key, Side, Side)) -> Decimal| -> Vec<Option<Decimal>> {
+    let dc = |f: &dyn Fn(&Row) -> Decimal| -> Vec<Option<Decimal>> {
         rows.iter().map(|r| Some(f(r))).collect()
     };
     let pick = |b: &Option<String>, a: &Option<String>| b.clone().or_else(|| a.clone());

@@ -481,10 +481,8 @@ fn charge_lines(
         } else {
             let p = pname[i].clone().unwrap_or_else(|| family_label(&family));
             text.push_str(&p);
-            if let Some(sk) = &sname[i] {
-                if sk != &p {
-                    text.push_str(&format!(" – {sk}"));
-                }
+            if let Some(sk) = sname[i].as_ref().filter(|sk| **sk != p) {
+                text.push_str(&format!(" – {sk}"));
             }
             if enterprise {
                 text.push_str(&format!(
@@ -548,6 +546,9 @@ fn charge_lines(
     Ok((lines, unpriced))
 }
 
+/// The org unit owning a PSA project code: unit id, unit path, name.
+type ProjectUnit = (String, Option<String>, Option<String>);
+
 /// PSA time entries → `service` lines: billable entries of the period, hours × rate converted to the customer's
 /// invoice currency by the market rate on the work date, one line per (customer, project code), mapped to the org
 /// unit whose `psa_project_code` it is.
@@ -572,8 +573,7 @@ fn service_lines(
 
     // (customer, project code) → (unit id, unit path, name)
     use schemas::stg_org_units as o;
-    let mut units: HashMap<(String, String), (String, Option<String>, Option<String>)> =
-        HashMap::new();
+    let mut units: HashMap<(String, String), ProjectUnit> = HashMap::new();
     let (ou_id, ou_cust, ou_code, ou_path, ou_name) = (
         cells::strs(org_units, o::unit_id)?,
         cells::strs(org_units, o::customer_id)?,
