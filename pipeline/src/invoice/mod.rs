@@ -330,9 +330,14 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
     let unit_one = s(r::f).neq(dec("1")).and(s(r::f).neq(dec("-1")));
     // The price of one whole unit, price / (q × f): a prorated seat still shows the monthly seat price.
     let qf = s(r::q) * s(r::f);
-    let whole = when(qf.clone().eq(dec("0")))
+    // Only invoice lines (seats, one-time purchases) get one: usage lines mix meters, and a tiny metered quantity
+    // could push the quotient past the decimal type.
+    let no_unit = qf.clone().eq(dec("0")).or(s(r::source_kind)
+        .eq(lit("daily_usage"))
+        .fill_null(lit(false)));
+    let whole = when(no_unit.clone())
         .then(lit(NULL).cast(schemas::money()))
-        .otherwise(s(r::price) / when(qf.clone().eq(dec("0"))).then(dec("1")).otherwise(qf));
+        .otherwise(s(r::price) / when(no_unit).then(dec("1")).otherwise(qf));
     keyed(rated)
         .group_by(by)
         .agg([
