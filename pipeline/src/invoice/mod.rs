@@ -1,0 +1,1278 @@
+//! Invoices (`fct_invoices`, `fct_invoice_lines`, `fct_invoice_detail`, DESIGN §5 "Invoice"): rated parts grouped
+//! into invoice lines by the customer's template, PSA time as service lines, manual lines, late-data adjustment
+//! lines, one rounding per line, the trial spend cap, deterministic invoice numbers, and the per-invoice checks.
+//!
+//! The rated parts stay lazy: one aggregate per invoice line is collected (thousands of rows, not millions) and
+//! the lines and invoices are assembled from it with `rust_decimal`, where rounding modes and minor units are
+//! exact and easy to read. `fct_invoice_detail` is a lazy join of the rated parts with the small line map, so the
+//! resource-level rows are never materialised here.
+//!
+//! Grouping is always within one `line_type`, so credits and refunds are never netted into charges. The group
+//! key is a readable string (`sku=…`, `family=…`, `sub=…|meter=…|unit=…`, `project=…`, `manual=…`) that is
+//! stable across re-runs: `adjustment_lines` matches an issued line with its restated self on it.
+
+mod adjust;
+pub mod cells;
+mod fx;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::NaiveDate;
+use polars::prelude::*;
+use rust_decimal::Decimal;
+use schemas::{
+    fct_invoice_detail as det, fct_invoice_lines as fl, fct_invoices as fi, int_charges_rated as r,
+};
+
+use crate::context::{Period, RoundingMode, RunContext, RunMode};
+use crate::currency::{minor_unit, round};
+use crate::decimal::dec;
+use crate::error::{PipelineError, Result};
+
+pub use adjust::adjustment_lines;
+pub use fx::{MarketRates, market_rate};
+
+const STAGE: &str = "fct_invoices";
+
+/// Unit label of parts with no org unit on enterprise invoices (DESIGN §5 "Allocate").
+pub const UNASSIGNED: &str = "Unassigned";
+
+/// Everything the invoice stage reads. Reference tables are the staged frames (`pipeline::reference`).
+pub struct InvoiceInputs<'a> {
+    /// `int_charges_rated` of the period.
+    pub rated: LazyFrame,
+    pub customers: &'a DataFrame,
+    pub org_units: &'a DataFrame,
+    pub psa_time: &'a DataFrame,
+    pub manual_lines: &'a DataFrame,
+    pub fx_rates: &'a DataFrame,
+    /// `fct_invoice_lines`-shaped `adjustment` lines for this period (from [`adjustment_lines`]); may be empty.
+    pub adjustments: DataFrame,
+}
+
+/// The stage's output: the three marts, the rows that could not be invoiced, and the per-invoice checks.
+pub struct Invoiced {
+    pub invoices: DataFrame,
+    pub lines: DataFrame,
+    pub detail: LazyFrame,
+    /// `code`, `message`: data problems (unknown customer, missing FX rate, ...); the job exits 2 when not empty.
+    pub errors: DataFrame,
+    /// One per invoice; the job fails the run (exit 1) when any is not [`InvoiceCheck::ok`].
+    pub checks: Vec<InvoiceCheck>,
+}
+
+/// The invariants of DESIGN §6 for one invoice, with the numbers, computed from the output frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceCheck {
+    pub invoice_number: String,
+    pub currency: String,
+    pub lines: u64,
+    /// `subtotal` as written on the invoice.
+    pub subtotal: Decimal,
+    /// Σ of the invoice's rounded line amounts.
+    pub sum_rounded: Decimal,
+    /// Σ of the invoice's unrounded line amounts.
+    pub sum_unrounded: Decimal,
+    /// ½ minor unit × lines (one minor unit × lines under `down`).
+    pub bound: Decimal,
+}
+
+impl InvoiceCheck {
+    /// Σ rounded − Σ unrounded.
+    pub fn drift(&self) -> Decimal {
+        self.sum_rounded - self.sum_unrounded
+    }
+    pub fn subtotal_ok(&self) -> bool {
+        self.subtotal == self.sum_rounded
+    }
+    pub fn drift_ok(&self) -> bool {
+        self.drift().abs() <= self.bound
+    }
+    pub fn ok(&self) -> bool {
+        self.subtotal_ok() && self.drift_ok()
+    }
+    /// A sentence naming the numbers, for the manifest and the failure message.
+    pub fn describe(&self) -> String {
+        format!(
+            "invoice `{}` ({}): subtotal {} vs Σ rounded lines {}; drift {} (Σ rounded {} − Σ unrounded {}) against bound {} for {} line(s)",
+            self.invoice_number,
+            self.currency,
+            self.subtotal,
+            self.sum_rounded,
+            self.drift(),
+            self.sum_rounded,
+            self.sum_unrounded,
+            self.bound,
+            self.lines
+        )
+    }
+}
+
+/// The order of line types on an invoice: charges first, then the MSP's own lines, then reductions.
+const LINE_TYPES: &[&str] = &[
+    "usage",
+    "license",
+    "one_time",
+    "service",
+    "manual",
+    "refund",
+    "credit",
+    "adjustment",
+    "spend_cap_credit",
+];
+
+/// Line types that come from rated Microsoft charges (the spend cap applies to these).
+const CHARGE_TYPES: &[&str] = &["usage", "license", "one_time", "credit", "refund"];
+
+fn line_type_rank(t: &str) -> usize {
+    LINE_TYPES
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(LINE_TYPES.len())
+}
+
+/// One invoice line before it has a number.
+#[derive(Clone, Debug, Default)]
+struct Line {
+    customer_id: String,
+    currency: String,
+    line_type: String,
+    product_family: Option<String>,
+    subscription_id: Option<String>,
+    group_key: String,
+    unit_id: Option<String>,
+    unit_path: Option<String>,
+    description: String,
+    quantity: Decimal,
+    unit: Option<String>,
+    unit_price: Option<Decimal>,
+    amount_unrounded: Decimal,
+    /// Set by rounding (adjustment lines arrive already rounded).
+    amount: Decimal,
+    cost: Decimal,
+    part_count: i64,
+    corrected_period: Option<String>,
+    original_line_id: Option<String>,
+}
+
+/// A customer as the invoice needs it.
+#[derive(Clone, Debug)]
+struct Customer {
+    name: Option<String>,
+    currency: String,
+    template: String,
+    spend_cap: Option<Decimal>,
+    payment_terms_days: i64,
+}
+
+fn customers(df: &DataFrame) -> Result<BTreeMap<String, Customer>> {
+    use schemas::stg_customers as c;
+    let ids = cells::strs(df, c::customer_id)?;
+    let names = cells::strs(df, c::customer_name)?;
+    let ccy = cells::strs(df, c::invoice_currency)?;
+    let tpl = cells::strs(df, c::template)?;
+    let cap = cells::decs(df, c::spend_cap)?;
+    let terms = cells::ints(df, c::payment_terms_days)?;
+    let mut out = BTreeMap::new();
+    for i in 0..ids.len() {
+        if let Some(id) = &ids[i] {
+            out.insert(
+                id.clone(),
+                Customer {
+                    name: names[i].clone(),
+                    currency: ccy[i].clone().unwrap_or_default(),
+                    template: tpl[i].clone().unwrap_or_else(|| "smb".into()),
+                    spend_cap: cap[i],
+                    payment_terms_days: terms[i].unwrap_or(30),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Errors found while invoicing: rows that could not be put on an invoice, as data.
+#[derive(Default)]
+struct Errors(Vec<(String, String)>);
+
+impl Errors {
+    fn push(&mut self, code: &str, message: String) {
+        self.0.push((code.into(), message));
+    }
+    fn frame(&self) -> Result<DataFrame> {
+        let codes: Vec<Option<String>> = self.0.iter().map(|(c, _)| Some(c.clone())).collect();
+        let msgs: Vec<Option<String>> = self.0.iter().map(|(_, m)| Some(m.clone())).collect();
+        let schema = error_schema();
+        cells::frame(
+            vec![
+                cells::str_column("code", &codes),
+                cells::str_column("message", &msgs),
+            ],
+            &schema,
+            "errors",
+        )
+    }
+}
+
+/// The schema of [`Invoiced::errors`].
+pub fn error_schema() -> Schema {
+    schemas::build_schema(&[("code", schemas::Ty::Str), ("message", schemas::Ty::Str)])
+}
+
+fn s(name: &str) -> Expr {
+    col(name)
+}
+
+fn blank(e: Expr) -> Expr {
+    e.clone().is_null().or(e.eq(lit("")))
+}
+
+/// `ProductId:SkuId` (or the bare `ProductId` when the SKU is missing): the licence SKU of DESIGN §5.
+fn sku_expr() -> Expr {
+    when(blank(s(r::sku_id)))
+        .then(s(r::product_id).fill_null(lit("")))
+        .otherwise(concat_str(
+            [s(r::product_id).fill_null(lit("")), s(r::sku_id)],
+            ":",
+            false,
+        ))
+}
+
+/// The org unit a part is grouped under on enterprise invoices: its path, or `Unassigned`.
+fn unit_label_expr() -> Expr {
+    when(blank(s(r::unit_path)))
+        .then(
+            when(blank(s(r::unit_id)))
+                .then(lit(UNASSIGNED))
+                .otherwise(s(r::unit_id)),
+        )
+        .otherwise(s(r::unit_path))
+}
+
+/// The group key of a rated part by its customer's template (DESIGN §5 "Invoice").
+/// - enterprise: subscription × meter category (daily usage) or SKU (invoice lines) × org unit;
+/// - smb and trial: the licence SKU for licences, else the product family.
+fn group_key_expr() -> Expr {
+    let detail = when(s(r::source_kind).eq(lit("daily_usage")))
+        .then(concat_str(
+            [lit("meter="), s(r::meter_category).fill_null(lit(""))],
+            "",
+            false,
+        ))
+        .otherwise(concat_str([lit("sku="), sku_expr()], "", false));
+    let enterprise = concat_str(
+        [
+            lit("sub="),
+            s(r::subscription_id).fill_null(lit("")),
+            lit("|"),
+            detail,
+            lit("|unit="),
+            unit_label_expr(),
+        ],
+        "",
+        false,
+    );
+    let summary = when(s(r::product_family).eq(lit("license")))
+        .then(concat_str([lit("sku="), sku_expr()], "", false))
+        .otherwise(concat_str(
+            [lit("family="), s(r::product_family).fill_null(lit(""))],
+            "",
+            false,
+        ));
+    when(s(r::template).eq(lit("enterprise")))
+        .then(enterprise)
+        .otherwise(summary)
+}
+
+/// Σ q × sign(f) per part: refunds count negative, a zero factor counts nothing.
+fn signed_q_expr() -> Expr {
+    when(s(r::f).lt(dec("0")))
+        .then(dec("0") - s(r::q))
+        .when(s(r::f).gt(dec("0")))
+        .then(s(r::q))
+        .otherwise(dec("0"))
+}
+
+/// Whether the part is priced (only priced parts reach invoice lines).
+fn priced_expr() -> Expr {
+    s(r::status).eq(lit("priced")).fill_null(lit(false))
+}
+
+/// The rated parts with the columns grouping needs: `group_key`, `signed_q`, `priced`, null-free join keys.
+fn keyed(rated: LazyFrame) -> LazyFrame {
+    rated.with_columns([
+        group_key_expr().alias("group_key"),
+        signed_q_expr().alias("signed_q"),
+        priced_expr().alias("priced"),
+        s(r::customer_id).fill_null(lit("")).alias("k_customer"),
+        s(r::invoice_currency)
+            .fill_null(lit(""))
+            .alias("k_currency"),
+        s(r::line_type).fill_null(lit("")).alias("k_line_type"),
+        s(r::product_family).fill_null(lit("")).alias("k_family"),
+    ])
+}
+
+const KEYS: [&str; 5] = [
+    "k_customer",
+    "k_currency",
+    "k_line_type",
+    "group_key",
+    "k_family",
+];
+
+/// One row per (customer, currency, line type, group key, family, priced): what a line needs, summed.
+fn line_aggregate(rated: LazyFrame) -> LazyFrame {
+    let mut by: Vec<Expr> = KEYS.iter().map(|k| col(*k)).collect();
+    by.push(col("priced"));
+    let unit_one = s(r::f).neq(dec("1")).and(s(r::f).neq(dec("-1")));
+    // The price of one whole unit, price / (q × f): a prorated seat still shows the monthly seat price.
+    let qf = s(r::q) * s(r::f);
+    // Only invoice lines (seats, one-time purchases) get one: usage lines mix meters, and a tiny metered quantity
+    // could push the quotient past the decimal type.
+    let no_unit = qf.clone().eq(dec("0")).or(s(r::source_kind)
+        .eq(lit("daily_usage"))
+        .fill_null(lit(false)));
+    let whole = when(no_unit.clone())
+        .then(lit(NULL).cast(schemas::money()))
+        .otherwise(s(r::price) / when(no_unit).then(dec("1")).otherwise(qf));
+    keyed(rated)
+        .group_by(by)
+        .agg([
+            s(r::price).sum().alias("amount_unrounded"),
+            s(r::cost_ic).sum().alias("cost"),
+            col("signed_q").sum().alias("quantity"),
+            len().cast(DataType::Int64).alias("part_count"),
+            coalesce(&[s(r::charge_start_date), s(r::charge_date)])
+                .min()
+                .alias("start"),
+            coalesce(&[s(r::charge_end_date), s(r::charge_date)])
+                .max()
+                .alias("end"),
+            s(r::product_name).min().alias("product_name"),
+            s(r::sku_name).min().alias("sku_name"),
+            s(r::meter_category).min().alias("meter_category"),
+            s(r::subscription_id).min().alias("subscription_id"),
+            s(r::unit_id).min().alias("unit_id"),
+            s(r::unit_path).min().alias("unit_path"),
+            s(r::unit).min().alias("unit"),
+            sku_expr()
+                .n_unique()
+                .cast(DataType::Int64)
+                .alias("n_products"),
+            s(r::unit)
+                .drop_nulls()
+                .n_unique()
+                .cast(DataType::Int64)
+                .alias("n_units"),
+            unit_one.any(true).alias("prorated"),
+            whole.clone().min().alias("whole_min"),
+            whole.max().alias("whole_max"),
+            s(r::template).min().alias("template"),
+        ])
+        .sort(
+            KEYS.iter()
+                .map(|k| PlSmallStr::from(*k))
+                .collect::<Vec<_>>(),
+            SortMultipleOptions::default(),
+        )
+}
+
+fn family_label(family: &str) -> String {
+    match family {
+        "azure_usage" => "Azure consumption".into(),
+        "license" => "Licences".into(),
+        "reservation" => "Azure reservations".into(),
+        "savings_plan" => "Azure savings plans".into(),
+        "marketplace" => "Marketplace".into(),
+        "software" => "Software".into(),
+        "" => "Other charges".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+fn date_range(start: Option<NaiveDate>, end: Option<NaiveDate>) -> String {
+    match (start, end) {
+        (Some(a), Some(b)) if a == b => format!(", {a}"),
+        (Some(a), Some(b)) => format!(", {a} to {b}"),
+        (Some(a), None) | (None, Some(a)) => format!(", {a}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Lines from the collected aggregate: priced groups become lines; unpriced groups are counted per customer.
+fn charge_lines(
+    agg: &DataFrame,
+    unit_names: &HashMap<String, String>,
+    errors: &mut Errors,
+) -> Result<(Vec<Line>, BTreeMap<String, i64>)> {
+    let cust = cells::strs(agg, "k_customer")?;
+    let ccy = cells::strs(agg, "k_currency")?;
+    let lt = cells::strs(agg, "k_line_type")?;
+    let gk = cells::strs(agg, "group_key")?;
+    let fam = cells::strs(agg, "k_family")?;
+    let priced = cells::bools(agg, "priced")?;
+    let amount = cells::decs(agg, "amount_unrounded")?;
+    let cost = cells::decs(agg, "cost")?;
+    let qty = cells::decs(agg, "quantity")?;
+    let parts = cells::ints(agg, "part_count")?;
+    let start = cells::dates(agg, "start")?;
+    let end = cells::dates(agg, "end")?;
+    let pname = cells::strs(agg, "product_name")?;
+    let sname = cells::strs(agg, "sku_name")?;
+    let meter = cells::strs(agg, "meter_category")?;
+    let sub = cells::strs(agg, "subscription_id")?;
+    let unit_id = cells::strs(agg, "unit_id")?;
+    let unit_path = cells::strs(agg, "unit_path")?;
+    let unit = cells::strs(agg, "unit")?;
+    let n_products = cells::ints(agg, "n_products")?;
+    let whole_min = cells::decs(agg, "whole_min")?;
+    let whole_max = cells::decs(agg, "whole_max")?;
+    let n_units = cells::ints(agg, "n_units")?;
+    let prorated = cells::bools(agg, "prorated")?;
+    let template = cells::strs(agg, "template")?;
+
+    let mut lines = Vec::new();
+    let mut unpriced: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..cust.len() {
+        let customer = cust[i].clone().unwrap_or_default();
+        let count = parts[i].unwrap_or(0);
+        if priced[i] != Some(true) {
+            *unpriced.entry(customer).or_default() += count;
+            continue;
+        }
+        let currency = ccy[i].clone().unwrap_or_default();
+        let line_type = lt[i].clone().unwrap_or_default();
+        let group_key = gk[i].clone().unwrap_or_default();
+        if currency.is_empty() || minor_unit(&currency).is_none() {
+            errors.push(
+                "unknown_currency",
+                format!(
+                    "{count} priced part(s) of customer `{customer}` have invoice currency `{currency}`, not an ISO 4217 code; fix `invoice_currency` in customers.csv"
+                ),
+            );
+            continue;
+        }
+        if line_type.is_empty() {
+            errors.push(
+                "missing_line_type",
+                format!("{count} priced part(s) of customer `{customer}` have no `line_type`; the rating stage must set it"),
+            );
+            continue;
+        }
+        let family = fam[i].clone().unwrap_or_default();
+        let enterprise = template[i].as_deref() == Some("enterprise");
+        let quantity = qty[i].unwrap_or_default();
+        let amount_unrounded = amount[i].unwrap_or_default();
+        let single = n_products[i] == Some(1) && n_units[i].unwrap_or(0) <= 1;
+        let usage_like = group_key.starts_with("family=") || group_key.contains("|meter=");
+
+        // The description a person understands: what it is, where (enterprise), when, and whether prorated.
+        let mut text = match line_type.as_str() {
+            "credit" => "Credit: ".to_string(),
+            "refund" => "Refund: ".to_string(),
+            _ => String::new(),
+        };
+        if usage_like && enterprise {
+            let what = meter[i].clone().unwrap_or_else(|| family_label(&family));
+            text.push_str(&format!(
+                "{what}, subscription {}",
+                sub[i].clone().unwrap_or_default()
+            ));
+        } else if usage_like || !single {
+            text.push_str(&family_label(&family));
+        } else {
+            let p = pname[i].clone().unwrap_or_else(|| family_label(&family));
+            text.push_str(&p);
+            if let Some(sk) = sname[i].as_ref().filter(|sk| **sk != p) {
+                text.push_str(&format!(" – {sk}"));
+            }
+            if enterprise {
+                text.push_str(&format!(
+                    ", subscription {}",
+                    sub[i].clone().unwrap_or_default()
+                ));
+            }
+        }
+        let (line_unit_id, line_unit_path) = if enterprise {
+            let path = unit_path[i].clone().or_else(|| unit_id[i].clone());
+            let label = match &unit_id[i] {
+                Some(u) => unit_names
+                    .get(u)
+                    .cloned()
+                    .unwrap_or_else(|| path.clone().unwrap_or_default()),
+                None => UNASSIGNED.to_string(),
+            };
+            text.push_str(&format!(", {label}"));
+            (
+                unit_id[i].clone(),
+                Some(path.unwrap_or_else(|| UNASSIGNED.to_string())),
+            )
+        } else {
+            (None, None)
+        };
+        text.push_str(&date_range(start[i], end[i]));
+        if prorated[i] == Some(true) && !usage_like {
+            text.push_str(" (prorated)");
+        }
+        // A unit price only where it means something: one product whose parts all have the same whole-unit
+        // price (a mid-month price change leaves it empty rather than printing an average).
+        let unit_price = match (whole_min[i], whole_max[i]) {
+            (Some(lo), Some(hi)) if single && !usage_like && lo == hi => Some(lo),
+            _ => None,
+        };
+        lines.push(Line {
+            customer_id: customer,
+            currency,
+            line_type,
+            product_family: Some(family).filter(|f| !f.is_empty()),
+            subscription_id: if enterprise { sub[i].clone() } else { None },
+            group_key,
+            unit_id: line_unit_id,
+            unit_path: line_unit_path,
+            description: text,
+            quantity,
+            unit: if n_units[i].unwrap_or(0) <= 1 {
+                unit[i].clone()
+            } else {
+                None
+            },
+            unit_price,
+            amount_unrounded,
+            amount: Decimal::ZERO,
+            cost: cost[i].unwrap_or_default(),
+            part_count: count,
+            corrected_period: None,
+            original_line_id: None,
+        });
+    }
+    Ok((lines, unpriced))
+}
+
+/// The org unit owning a PSA project code: unit id, unit path, name.
+type ProjectUnit = (String, Option<String>, Option<String>);
+
+/// PSA time entries → `service` lines: billable entries of the period, hours × rate converted to the customer's
+/// invoice currency by the market rate on the work date, one line per (customer, project code), mapped to the org
+/// unit whose `psa_project_code` it is.
+fn service_lines(
+    psa: &DataFrame,
+    org_units: &DataFrame,
+    customers: &BTreeMap<String, Customer>,
+    rates: &MarketRates,
+    period: Period,
+    errors: &mut Errors,
+) -> Result<Vec<Line>> {
+    use schemas::stg_psa_time as p;
+    let ids = cells::strs(psa, p::entry_id)?;
+    let cust = cells::strs(psa, p::customer_id)?;
+    let proj = cells::strs(psa, p::project_code)?;
+    let day = cells::dates(psa, p::work_date)?;
+    let hours = cells::decs(psa, p::hours)?;
+    let rate = cells::decs(psa, p::hourly_rate)?;
+    let ccy = cells::strs(psa, p::currency)?;
+    let billable = cells::bools(psa, p::billable)?;
+    let line_no = cells::ints(psa, p::line_number)?;
+
+    // (customer, project code) → (unit id, unit path, name)
+    use schemas::stg_org_units as o;
+    let mut units: HashMap<(String, String), ProjectUnit> = HashMap::new();
+    let (ou_id, ou_cust, ou_code, ou_path, ou_name) = (
+        cells::strs(org_units, o::unit_id)?,
+        cells::strs(org_units, o::customer_id)?,
+        cells::strs(org_units, o::psa_project_code)?,
+        cells::strs(org_units, o::unit_path)?,
+        cells::strs(org_units, o::name)?,
+    );
+    for i in 0..ou_id.len() {
+        if let (Some(u), Some(c), Some(code)) = (&ou_id[i], &ou_cust[i], &ou_code[i]) {
+            units.insert(
+                (c.clone(), code.clone()),
+                (u.clone(), ou_path[i].clone(), ou_name[i].clone()),
+            );
+        }
+    }
+
+    struct Acc {
+        hours: Decimal,
+        amount: Decimal,
+        entries: i64,
+        first: Option<NaiveDate>,
+        last: Option<NaiveDate>,
+    }
+    let mut groups: BTreeMap<(String, String, String), Acc> = BTreeMap::new();
+    for i in 0..ids.len() {
+        let Some(d) = day[i] else { continue };
+        if Period::of(d) != period || billable[i] != Some(true) {
+            continue; // another period's work, or not billable: not on this invoice
+        }
+        let where_ = format!("psa_time_entries.csv line {}", line_no[i].unwrap_or(0));
+        let customer = cust[i].clone().unwrap_or_default();
+        let Some(c) = customers.get(&customer) else {
+            errors.push(
+                "unknown_customer",
+                format!("{where_}: customer `{customer}` is not in customers.csv; add the customer or fix the entry"),
+            );
+            continue;
+        };
+        let (h, rt) = (hours[i].unwrap_or_default(), rate[i].unwrap_or_default());
+        let from = ccy[i].clone().unwrap_or_default();
+        let Some(local) = h.checked_mul(rt) else {
+            errors.push(
+                "overflow",
+                format!("{where_}: hours × hourly_rate is too large to compute exactly"),
+            );
+            continue;
+        };
+        let amount = if from == c.currency {
+            local
+        } else {
+            match market_rate(rates, &from, &c.currency, d) {
+                Some((fx, _)) => match local.checked_mul(fx) {
+                    Some(v) => v.round_dp(schemas::MONEY_SCALE as u32),
+                    None => {
+                        errors.push(
+                            "overflow",
+                            format!(
+                                "{where_}: the converted amount is too large to compute exactly"
+                            ),
+                        );
+                        continue;
+                    }
+                },
+                None => {
+                    errors.push(
+                        "missing_fx_rate",
+                        format!("{where_}: no market rate {from}→{} (or the reverse) on or before {d}; add it to fx_rates.csv", c.currency),
+                    );
+                    continue;
+                }
+            }
+        };
+        let code = proj[i].clone().unwrap_or_default();
+        let acc = groups
+            .entry((customer, c.currency.clone(), code))
+            .or_insert(Acc {
+                hours: Decimal::ZERO,
+                amount: Decimal::ZERO,
+                entries: 0,
+                first: None,
+                last: None,
+            });
+        acc.hours += h;
+        acc.amount += amount;
+        acc.entries += 1;
+        acc.first = Some(acc.first.map_or(d, |f| f.min(d)));
+        acc.last = Some(acc.last.map_or(d, |l| l.max(d)));
+    }
+    let mut lines = Vec::new();
+    for ((customer, currency, code), acc) in groups {
+        let unit = units.get(&(customer.clone(), code.clone()));
+        let project = if code.is_empty() {
+            "no project".to_string()
+        } else {
+            format!("project {code}")
+        };
+        let mut text = format!("Services: {project}");
+        if let Some((u, _, name)) = unit {
+            text.push_str(&format!(" ({})", name.clone().unwrap_or_else(|| u.clone())));
+        }
+        text.push_str(&format!(
+            ", {} time entr{}",
+            acc.entries,
+            if acc.entries == 1 { "y" } else { "ies" }
+        ));
+        text.push_str(&date_range(acc.first, acc.last));
+        let unit_price = if acc.hours.is_zero() {
+            None
+        } else {
+            acc.amount
+                .checked_div(acc.hours)
+                .map(|p| p.round_dp(schemas::MONEY_SCALE as u32))
+        };
+        lines.push(Line {
+            customer_id: customer,
+            currency,
+            line_type: "service".into(),
+            group_key: format!("project={code}"),
+            unit_id: unit.map(|u| u.0.clone()),
+            unit_path: unit.map(|u| u.1.clone().unwrap_or_else(|| u.0.clone())),
+            description: text,
+            quantity: acc.hours,
+            unit: Some("hours".into()),
+            unit_price,
+            amount_unrounded: acc.amount,
+            part_count: acc.entries,
+            ..Line::default()
+        });
+    }
+    Ok(lines)
+}
+
+/// Manual lines of the period as they are: quantity × unit price in the line's own currency; `credit` lines are
+/// negative whatever sign the clerk wrote.
+fn manual_lines(
+    manual: &DataFrame,
+    customers: &BTreeMap<String, Customer>,
+    period: Period,
+    errors: &mut Errors,
+) -> Result<Vec<Line>> {
+    use schemas::stg_manual_lines as m;
+    let cust = cells::strs(manual, m::customer_id)?;
+    let per = cells::strs(manual, m::period)?;
+    let desc = cells::strs(manual, m::description)?;
+    let qty = cells::decs(manual, m::quantity)?;
+    let price = cells::decs(manual, m::unit_price)?;
+    let ccy = cells::strs(manual, m::currency)?;
+    let kind = cells::strs(manual, m::line_type)?;
+    let reference = cells::strs(manual, m::reference)?;
+    let line_no = cells::ints(manual, m::line_number)?;
+    let mut lines = Vec::new();
+    let mut seen: HashMap<(String, String), u32> = HashMap::new();
+    let this = period.to_string();
+    for i in 0..cust.len() {
+        if per[i].as_deref().map(str::trim) != Some(this.as_str()) {
+            continue;
+        }
+        let where_ = format!("manual_lines.csv line {}", line_no[i].unwrap_or(0));
+        let customer = cust[i].clone().unwrap_or_default();
+        if !customers.contains_key(&customer) {
+            errors.push(
+                "unknown_customer",
+                format!("{where_}: customer `{customer}` is not in customers.csv; add the customer or fix the line"),
+            );
+            continue;
+        }
+        let currency = ccy[i].clone().unwrap_or_default();
+        let credit = kind[i].as_deref() == Some("credit");
+        let (mut q, mut p) = (qty[i].unwrap_or_default(), price[i].unwrap_or_default());
+        if credit {
+            q = q.abs();
+            p = -p.abs();
+        }
+        let Some(amount) = q.checked_mul(p) else {
+            errors.push(
+                "overflow",
+                format!("{where_}: quantity × unit_price is too large to compute exactly"),
+            );
+            continue;
+        };
+        let description = desc[i]
+            .clone()
+            .or_else(|| reference[i].clone())
+            .unwrap_or_else(|| "Manual line".into());
+        // The key names the clerk's reference and text; a repeat gets its occurrence number so keys stay unique.
+        let base = format!(
+            "manual={}|{}",
+            reference[i].clone().unwrap_or_default(),
+            description
+        );
+        let n = seen.entry((customer.clone(), base.clone())).or_default();
+        *n += 1;
+        let group_key = if *n == 1 { base } else { format!("{base}#{n}") };
+        lines.push(Line {
+            customer_id: customer,
+            currency,
+            line_type: "manual".into(),
+            group_key,
+            description,
+            quantity: q,
+            unit_price: Some(p),
+            amount_unrounded: amount,
+            part_count: 1,
+            ..Line::default()
+        });
+    }
+    Ok(lines)
+}
+
+/// Adjustment lines given by the job (already rounded differences; see [`adjustment_lines`]).
+fn given_adjustments(
+    adj: &DataFrame,
+    customers: &BTreeMap<String, Customer>,
+    errors: &mut Errors,
+) -> Result<Vec<Line>> {
+    if adj.height() == 0 {
+        return Ok(Vec::new());
+    }
+    let cust = cells::strs(adj, fl::customer_id)?;
+    let ccy = cells::strs(adj, fl::currency)?;
+    let fam = cells::strs(adj, fl::product_family)?;
+    let sub = cells::strs(adj, fl::subscription_id)?;
+    let gk = cells::strs(adj, fl::group_key)?;
+    let uid = cells::strs(adj, fl::unit_id)?;
+    let upath = cells::strs(adj, fl::unit_path)?;
+    let desc = cells::strs(adj, fl::description)?;
+    let qty = cells::decs(adj, fl::quantity)?;
+    let unit = cells::strs(adj, fl::unit)?;
+    let uprice = cells::decs(adj, fl::unit_price)?;
+    let au = cells::decs(adj, fl::amount_unrounded)?;
+    let am = cells::decs(adj, fl::amount)?;
+    let cost = cells::decs(adj, fl::cost)?;
+    let parts = cells::ints(adj, fl::part_count)?;
+    let corrected = cells::strs(adj, fl::corrected_period)?;
+    let original = cells::strs(adj, fl::original_line_id)?;
+    let mut lines = Vec::new();
+    for i in 0..cust.len() {
+        let customer = cust[i].clone().unwrap_or_default();
+        if !customers.contains_key(&customer) {
+            errors.push(
+                "unknown_customer",
+                format!(
+                    "an adjustment for customer `{customer}` (line `{}`) has no customer in customers.csv to invoice it to; keep the customer until its adjustments are billed",
+                    original[i].clone().unwrap_or_default()
+                ),
+            );
+            continue;
+        }
+        let amount = am[i].unwrap_or_default();
+        lines.push(Line {
+            customer_id: customer,
+            currency: ccy[i].clone().unwrap_or_default(),
+            line_type: "adjustment".into(),
+            product_family: fam[i].clone(),
+            subscription_id: sub[i].clone(),
+            group_key: gk[i].clone().unwrap_or_default(),
+            unit_id: uid[i].clone(),
+            unit_path: upath[i].clone(),
+            description: desc[i].clone().unwrap_or_default(),
+            quantity: qty[i].unwrap_or_default(),
+            unit: unit[i].clone(),
+            unit_price: uprice[i],
+            amount_unrounded: au[i].unwrap_or(amount),
+            amount,
+            cost: cost[i].unwrap_or_default(),
+            part_count: parts[i].unwrap_or(0),
+            corrected_period: corrected[i].clone(),
+            original_line_id: original[i].clone(),
+        });
+    }
+    Ok(lines)
+}
+
+/// `PREFIX-YYYYMM-NNNN`: NNNN counts (customer_id, currency) in code-point order within the period, from 1.
+pub fn invoice_number(prefix: &str, period: Period, ordinal: usize) -> String {
+    format!("{prefix}-{}-{ordinal:04}", period.compact())
+}
+
+/// The half (or, under `down`, whole) minor unit that bounds one line's rounding drift.
+pub fn drift_bound_per_line(currency: &str, mode: RoundingMode) -> Option<Decimal> {
+    let unit = Decimal::new(1, minor_unit(currency)?);
+    Some(if mode == RoundingMode::Down {
+        unit
+    } else {
+        unit / Decimal::TWO
+    })
+}
+
+/// Builds the period's invoices, lines and detail from the rated parts, PSA time, manual lines and adjustments.
+pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced> {
+    let mode = ctx.policies.rounding;
+    let period = ctx.period;
+    let mut errors = Errors::default();
+    let customers = customers(inputs.customers)?;
+    let rates = MarketRates::from_frame(inputs.fx_rates)?;
+    let unit_names: HashMap<String, String> = {
+        use schemas::stg_org_units as o;
+        let ids = cells::strs(inputs.org_units, o::unit_id)?;
+        let names = cells::strs(inputs.org_units, o::name)?;
+        ids.into_iter()
+            .zip(names)
+            .filter_map(|(i, n)| Some((i?, n?)))
+            .collect()
+    };
+
+    // The one collect of this stage: a row per prospective invoice line (small), see the module comment.
+    let agg = line_aggregate(inputs.rated.clone())
+        .collect()
+        .map_err(PipelineError::polars(STAGE))?;
+    let (mut lines, unpriced) = charge_lines(&agg, &unit_names, &mut errors)?;
+    for l in &lines {
+        if !customers.contains_key(&l.customer_id) {
+            // Rating marks such parts unpriced; a priced one here means the inputs disagree.
+            errors.push(
+                "unknown_customer",
+                format!("customer `{}` has priced charges but is not in customers.csv; add the customer", l.customer_id),
+            );
+        }
+    }
+    lines.retain(|l| customers.contains_key(&l.customer_id));
+    lines.extend(service_lines(
+        inputs.psa_time,
+        inputs.org_units,
+        &customers,
+        &rates,
+        period,
+        &mut errors,
+    )?);
+    lines.extend(manual_lines(
+        inputs.manual_lines,
+        &customers,
+        period,
+        &mut errors,
+    )?);
+    let adjustments = given_adjustments(&inputs.adjustments, &customers, &mut errors)?;
+
+    // Round once per line (adjustments are differences of rounded amounts and stay as they are).
+    for l in lines.iter_mut() {
+        l.amount = match minor_unit(&l.currency) {
+            Some(dp) => round(l.amount_unrounded, dp, mode),
+            None => l.amount_unrounded, // reported below; the line is dropped
+        };
+    }
+    lines.extend(adjustments);
+    let (bad, good): (Vec<Line>, Vec<Line>) = lines
+        .into_iter()
+        .partition(|l| minor_unit(&l.currency).is_none());
+    for l in bad {
+        errors.push(
+            "unknown_currency",
+            format!(
+                "a `{}` line of customer `{}` is in `{}`, not an ISO 4217 code; fix the currency",
+                l.line_type, l.customer_id, l.currency
+            ),
+        );
+    }
+    let mut lines = good;
+
+    // Trial spend cap: one `spend_cap_credit` line brings the rounded charges down to the cap.
+    let mut caps = Vec::new();
+    let mut charge_sums: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for l in &lines {
+        if CHARGE_TYPES.contains(&l.line_type.as_str()) {
+            *charge_sums
+                .entry((l.customer_id.clone(), l.currency.clone()))
+                .or_default() += l.amount;
+        }
+    }
+    for ((customer, currency), charged) in &charge_sums {
+        let Some(c) = customers.get(customer) else {
+            continue;
+        };
+        let Some(cap) = c.spend_cap else { continue };
+        if c.template != "trial" || &c.currency != currency || *charged <= cap {
+            continue;
+        }
+        let offset = cap - charged;
+        let dp = minor_unit(currency).unwrap_or(2);
+        caps.push(Line {
+            customer_id: customer.clone(),
+            currency: currency.clone(),
+            line_type: "spend_cap_credit".into(),
+            group_key: "spend_cap".into(),
+            description: format!(
+                "Trial spend cap: charges of {} {currency} above the cap of {} {currency}",
+                fixed(*charged, dp),
+                fixed(cap, dp)
+            ),
+            quantity: Decimal::ONE,
+            amount_unrounded: offset,
+            amount: round(offset, dp, mode),
+            ..Line::default()
+        });
+    }
+    lines.extend(caps);
+
+    // Invoices: one per (customer, currency) with at least one line, numbered in code-point order.
+    let keys: BTreeSet<(String, String)> = lines
+        .iter()
+        .map(|l| (l.customer_id.clone(), l.currency.clone()))
+        .collect();
+    let numbers: BTreeMap<(String, String), String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                k.clone(),
+                invoice_number(&ctx.policies.invoice_prefix, period, i + 1),
+            )
+        })
+        .collect();
+    lines.sort_by(|a, b| {
+        (
+            &a.customer_id,
+            &a.currency,
+            line_type_rank(&a.line_type),
+            &a.group_key,
+            &a.product_family,
+        )
+            .cmp(&(
+                &b.customer_id,
+                &b.currency,
+                line_type_rank(&b.line_type),
+                &b.group_key,
+                &b.product_family,
+            ))
+    });
+
+    let lines_df = lines_frame(&lines, &numbers, period)?;
+    let invoices_df = invoices_frame(&lines, &numbers, &customers, &unpriced, ctx)?;
+    let checks = checks(&invoices_df, &lines_df, mode)?;
+    let detail = detail_plan(inputs.rated, &lines_df, period);
+    Ok(Invoiced {
+        invoices: invoices_df,
+        lines: lines_df,
+        detail,
+        errors: errors.frame()?,
+        checks,
+    })
+}
+
+/// `d` with exactly `dp` places, for text (`100` EUR → `100.00`).
+fn fixed(d: Decimal, dp: u32) -> String {
+    let mut v = d.round_dp(dp);
+    v.rescale(dp);
+    v.to_string()
+}
+
+fn line_id(number: &str, line_no: usize) -> String {
+    format!("{number}-{line_no:04}")
+}
+
+fn lines_frame(
+    lines: &[Line],
+    numbers: &BTreeMap<(String, String), String>,
+    period: Period,
+) -> Result<DataFrame> {
+    let n = lines.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut nums = Vec::with_capacity(n);
+    let mut line_nos = Vec::with_capacity(n);
+    let mut counter: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in lines {
+        let num = numbers
+            .get(&(l.customer_id.clone(), l.currency.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let k = counter
+            .entry(
+                numbers
+                    .get(&(l.customer_id.clone(), l.currency.clone()))
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            )
+            .or_default();
+        *k += 1;
+        ids.push(Some(line_id(&num, *k)));
+        line_nos.push(*k as i64);
+        nums.push(Some(num));
+    }
+    let st = |f: &dyn Fn(&Line) -> Option<String>| -> Vec<Option<String>> {
+        lines.iter().map(f).collect()
+    };
+    let dc = |f: &dyn Fn(&Line) -> Option<Decimal>| -> Vec<Option<Decimal>> {
+        lines.iter().map(f).collect()
+    };
+    let columns = vec![
+        cells::str_column(fl::invoice_line_id, &ids),
+        cells::str_column(fl::invoice_number, &nums),
+        cells::str_column(fl::period, &vec![Some(period.to_string()); n]),
+        cells::str_column(fl::customer_id, &st(&|l| Some(l.customer_id.clone()))),
+        cells::str_column(fl::currency, &st(&|l| Some(l.currency.clone()))),
+        cells::int_column(fl::line_no, &line_nos),
+        cells::str_column(fl::line_type, &st(&|l| Some(l.line_type.clone()))),
+        cells::str_column(fl::product_family, &st(&|l| l.product_family.clone())),
+        cells::str_column(fl::subscription_id, &st(&|l| l.subscription_id.clone())),
+        cells::str_column(fl::group_key, &st(&|l| Some(l.group_key.clone()))),
+        cells::str_column(fl::unit_id, &st(&|l| l.unit_id.clone())),
+        cells::str_column(fl::unit_path, &st(&|l| l.unit_path.clone())),
+        cells::str_column(fl::description, &st(&|l| Some(l.description.clone()))),
+        cells::dec_column(fl::quantity, &dc(&|l| Some(l.quantity))),
+        cells::str_column(fl::unit, &st(&|l| l.unit.clone())),
+        cells::dec_column(fl::unit_price, &dc(&|l| l.unit_price)),
+        cells::dec_column(fl::amount_unrounded, &dc(&|l| Some(l.amount_unrounded))),
+        cells::dec_column(fl::amount, &dc(&|l| Some(l.amount))),
+        cells::dec_column(fl::tax, &dc(&|_| Some(Decimal::ZERO))),
+        cells::dec_column(fl::cost, &dc(&|l| Some(l.cost))),
+        cells::dec_column(fl::margin, &dc(&|l| Some(l.amount - l.cost))),
+        cells::int_column(
+            fl::part_count,
+            &lines.iter().map(|l| l.part_count).collect::<Vec<_>>(),
+        ),
+        cells::str_column(fl::corrected_period, &st(&|l| l.corrected_period.clone())),
+        cells::str_column(fl::original_line_id, &st(&|l| l.original_line_id.clone())),
+    ];
+    cells::frame(columns, &fl::schema(), fl::TABLE)
+}
+
+fn invoices_frame(
+    lines: &[Line],
+    numbers: &BTreeMap<(String, String), String>,
+    customers: &BTreeMap<String, Customer>,
+    unpriced: &BTreeMap<String, i64>,
+    ctx: &RunContext,
+) -> Result<DataFrame> {
+    #[derive(Default)]
+    struct Totals {
+        lines: i64,
+        subtotal: Decimal,
+        cost: Decimal,
+    }
+    let mut totals: BTreeMap<&(String, String), Totals> =
+        numbers.keys().map(|k| (k, Totals::default())).collect();
+    for l in lines {
+        if let Some(t) = totals.get_mut(&(l.customer_id.clone(), l.currency.clone())) {
+            t.lines += 1;
+            t.subtotal += l.amount;
+            t.cost += l.cost;
+        }
+    }
+    // Unpriced parts are counted on the customer's invoice in its invoice currency, or its first invoice.
+    let mut unpriced_on: BTreeMap<&(String, String), i64> = BTreeMap::new();
+    for (customer, count) in unpriced {
+        let Some(c) = customers.get(customer) else {
+            continue;
+        };
+        let own = (customer.clone(), c.currency.clone());
+        let key = numbers
+            .get_key_value(&own)
+            .map(|(k, _)| k)
+            .or_else(|| numbers.keys().find(|k| &k.0 == customer));
+        if let Some(k) = key {
+            *unpriced_on.entry(k).or_default() += count;
+        }
+    }
+    let status = if ctx.mode == RunMode::Close {
+        "final"
+    } else {
+        "provisional"
+    };
+    let invoice_date = ctx.policies.invoice_date;
+    let mut cols: BTreeMap<&str, Vec<Option<String>>> = BTreeMap::new();
+    let mut decs: BTreeMap<&str, Vec<Option<Decimal>>> = BTreeMap::new();
+    let (mut line_count, mut unpriced_count, mut due) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, t) in &totals {
+        let c = customers.get(&key.0);
+        let mut push =
+            |name: &'static str, v: Option<String>| cols.entry(name).or_default().push(v);
+        push(fi::invoice_number, numbers.get(*key).cloned());
+        push(fi::period, Some(ctx.period.to_string()));
+        push(fi::customer_id, Some(key.0.clone()));
+        push(fi::customer_name, c.and_then(|c| c.name.clone()));
+        push(fi::currency, Some(key.1.clone()));
+        push(fi::template, c.map(|c| c.template.clone()));
+        push(fi::status, Some(status.into()));
+        push(fi::issuer, Some(ctx.policies.issuer.clone()));
+        push(fi::run_id, Some(ctx.run_id.clone()));
+        let mut dpush =
+            |name: &'static str, v: Decimal| decs.entry(name).or_default().push(Some(v));
+        dpush(fi::subtotal, t.subtotal);
+        dpush(fi::tax, Decimal::ZERO);
+        dpush(fi::total, t.subtotal);
+        dpush(fi::cost, t.cost);
+        dpush(fi::margin, t.subtotal - t.cost);
+        line_count.push(t.lines);
+        unpriced_count.push(unpriced_on.get(key).copied().unwrap_or(0));
+        let terms = c.map_or(30, |c| c.payment_terms_days);
+        due.push(invoice_date.checked_add_signed(chrono::TimeDelta::days(terms)));
+    }
+    let n = totals.len();
+    let get =
+        |m: &BTreeMap<&str, Vec<Option<String>>>, k: &str| m.get(k).cloned().unwrap_or_default();
+    let getd =
+        |m: &BTreeMap<&str, Vec<Option<Decimal>>>, k: &str| m.get(k).cloned().unwrap_or_default();
+    let mut columns = Vec::new();
+    for (name, ty) in fi::COLUMNS {
+        let c = match (*name, ty) {
+            (fi::invoice_date, _) => cells::date_column(name, &vec![Some(invoice_date); n]),
+            (fi::due_date, _) => cells::date_column(name, &due),
+            (fi::line_count, _) => cells::int_column(name, &line_count),
+            (fi::unpriced_charges, _) => cells::int_column(name, &unpriced_count),
+            (_, schemas::Ty::Dec) => cells::dec_column(name, &getd(&decs, name)),
+            _ => cells::str_column(name, &get(&cols, name)),
+        };
+        columns.push(c);
+    }
+    cells::frame(columns, &fi::schema(), fi::TABLE)
+}
+
+/// The DESIGN §6 invoice checks, recomputed from the output frames (not from the values used to build them).
+fn checks(
+    invoices: &DataFrame,
+    lines: &DataFrame,
+    mode: RoundingMode,
+) -> Result<Vec<InvoiceCheck>> {
+    let mut sums: HashMap<String, (u64, Decimal, Decimal)> = HashMap::new();
+    let nums = cells::strs(lines, fl::invoice_number)?;
+    let am = cells::decs(lines, fl::amount)?;
+    let au = cells::decs(lines, fl::amount_unrounded)?;
+    for i in 0..nums.len() {
+        let e = sums.entry(nums[i].clone().unwrap_or_default()).or_default();
+        e.0 += 1;
+        e.1 += am[i].unwrap_or_default();
+        e.2 += au[i].unwrap_or_default();
+    }
+    let inv = cells::strs(invoices, fi::invoice_number)?;
+    let ccy = cells::strs(invoices, fi::currency)?;
+    let sub = cells::decs(invoices, fi::subtotal)?;
+    let mut out = Vec::with_capacity(inv.len());
+    for i in 0..inv.len() {
+        let number = inv[i].clone().unwrap_or_default();
+        let currency = ccy[i].clone().unwrap_or_default();
+        let (n, rounded, unrounded) = sums.get(&number).copied().unwrap_or_default();
+        let per_line = drift_bound_per_line(&currency, mode).unwrap_or_default();
+        out.push(InvoiceCheck {
+            invoice_number: number,
+            currency,
+            lines: n,
+            subtotal: sub[i].unwrap_or_default(),
+            sum_rounded: rounded,
+            sum_unrounded: unrounded,
+            bound: per_line * Decimal::from(n),
+        });
+    }
+    Ok(out)
+}
+
+/// `fct_invoice_detail`: every priced rated part, joined to the invoice line its group became.
+fn detail_plan(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame {
+    let map = lines
+        .clone()
+        .lazy()
+        .filter(
+            CHARGE_TYPES
+                .iter()
+                .fold(lit(false), |acc, t| acc.or(col(fl::line_type).eq(lit(*t)))),
+        )
+        .select([
+            col(fl::customer_id).alias("k_customer"),
+            col(fl::currency).alias("k_currency"),
+            col(fl::line_type).alias("k_line_type"),
+            col(fl::group_key).alias("group_key"),
+            col(fl::product_family).fill_null(lit("")).alias("k_family"),
+            col(fl::invoice_line_id).alias("m_invoice_line_id"),
+            col(fl::invoice_number).alias("m_invoice_number"),
+        ]);
+    let keys: Vec<Expr> = KEYS.iter().map(|k| col(*k)).collect();
+    let mut args = JoinArgs::new(JoinType::Inner);
+    args.maintain_order = MaintainOrderJoin::Left;
+    keyed(rated)
+        .filter(col("priced"))
+        .join(map, keys.clone(), keys, args)
+        .select([
+            col("m_invoice_line_id").alias(det::invoice_line_id),
+            col("m_invoice_number").alias(det::invoice_number),
+            lit(period.to_string()).alias(det::period),
+            col(r::customer_id).alias(det::customer_id),
+            col(r::part_id).alias(det::part_id),
+            col(r::line_id).alias(det::line_id),
+            col(r::charge_date).alias(det::charge_date),
+            col(r::subscription_id).alias(det::subscription_id),
+            col(r::resource_group).alias(det::resource_group),
+            col(r::resource_uri).alias(det::resource_uri),
+            col(r::meter_category).alias(det::meter_category),
+            col(r::meter_name).alias(det::meter_name),
+            col(r::product_id).alias(det::product_id),
+            col(r::sku_id).alias(det::sku_id),
+            col("signed_q").alias(det::quantity),
+            col(r::cost_ic).alias(det::cost),
+            col(r::price).alias(det::price),
+            col(r::invoice_currency).alias(det::currency),
+            col(r::rate_rule_id).alias(det::rate_rule_id),
+            col(r::fx_rate).alias(det::fx_rate),
+            col(r::tag_rule_id).alias(det::tag_rule_id),
+            col(r::unit_path).alias(det::unit_path),
+        ])
+}
