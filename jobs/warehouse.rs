@@ -142,6 +142,12 @@ impl fmt::Debug for Warehouse {
     }
 }
 
+impl fmt::Debug for Txn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Txn").field("period", &self.period).field("run_id", &self.run_id).field("files", &self.files.len()).finish()
+    }
+}
+
 impl Warehouse {
     /// Opens the warehouse at `url` (a local folder or `s3://`, `az://`, `abfs://`, `gs://`) and checks that it is
     /// reachable. `options` are object_store configuration keys (`aws_endpoint_url`, `azure_storage_use_emulator`,
@@ -273,6 +279,14 @@ impl Warehouse {
     pub fn read_file(&self, rel_path: &str) -> Result<Option<Bytes>> {
         check_rel_path(rel_path, true)?;
         self.inner.get_opt(rel_path)
+    }
+
+    /// Every file below `prefix` (relative to the root; `""` for all), sorted, as paths relative to the root.
+    pub fn list_files(&self, prefix: &str) -> Result<Vec<String>> {
+        if !prefix.is_empty() {
+            check_rel_path(prefix.trim_end_matches('/'), true)?;
+        }
+        self.inner.list(prefix)
     }
 
     /// Lands an input file unchanged at `raw/SOURCE/sha256=HEX/NAME`; false when it was already there.
@@ -674,6 +688,9 @@ impl Inner {
             }
             budget -= 1;
             self.delete(path)?;
+        }
+        if budget == 0 {
+            return Ok(false);
         }
         self.put_overwrite(&version_path(period, commit.version, "published"), Bytes::new())?;
         Ok(true)

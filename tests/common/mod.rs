@@ -1,0 +1,111 @@
+//! Test harness for the warehouse: the backends to run each test on (a local folder always; S3, Azurite and
+//! fake-gcs-server when `scripts/test.sh` started them and exported their endpoints), each with a fresh prefix.
+//!
+//! Endpoints come from `CSPBILL_TEST_S3`, `CSPBILL_TEST_AZURITE`, `CSPBILL_TEST_GCS` (`http://127.0.0.1:PORT`).
+//! Under `CI=true` a missing one is a failure, not a skip: CI must test every store.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A store to test on.
+pub struct Backend {
+    pub name: &'static str,
+    /// A fresh root URL (a new folder or prefix per call).
+    pub url: String,
+    pub options: BTreeMap<String, String>,
+    /// For the local backend: the folder, removed at the end.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+pub const S3_BUCKET: &str = "cspbill-test";
+pub const AZ_CONTAINER: &str = "cspbill-test";
+pub const GCS_BUCKET: &str = "cspbill-test";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A prefix no other test (or earlier run against the same server) uses.
+pub fn unique(name: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{name}-{}-{nanos}-{n}", std::process::id())
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn endpoint(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v.trim_end_matches('/').to_string()),
+        _ => {
+            assert!(!ci(), "`{var}` is not set but CI=true: run the tests through `scripts/test.sh`, which starts the servers");
+            None
+        }
+    }
+}
+
+pub fn local() -> Backend {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("warehouse");
+    Backend { name: "local", url: root.to_string_lossy().into_owned(), options: BTreeMap::new(), dir: Some(dir) }
+}
+
+pub fn s3_options(endpoint: &str) -> BTreeMap<String, String> {
+    [
+        ("aws_endpoint_url", endpoint),
+        ("aws_allow_http", "true"),
+        ("aws_virtual_hosted_style_request", "false"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Azurite's well-known development account.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+pub fn azure_options(endpoint: &str) -> BTreeMap<String, String> {
+    [
+        ("azure_storage_account_name", AZURITE_ACCOUNT.to_string()),
+        ("azure_storage_account_key", AZURITE_KEY.to_string()),
+        ("azure_storage_endpoint", format!("{endpoint}/{AZURITE_ACCOUNT}")),
+        ("azure_allow_http", "true".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// fake-gcs-server: a service-account JSON pointing the client at it without OAuth, as object_store's CI does.
+pub fn gcs_options(endpoint: &str) -> BTreeMap<String, String> {
+    let sa = serde_json::json!({
+        "gcs_base_url": endpoint,
+        "disable_oauth": true,
+        "client_email": "",
+        "private_key": "",
+        "private_key_id": "",
+    });
+    BTreeMap::from([("google_service_account_key".to_string(), sa.to_string())])
+}
+
+/// Every backend available, each at a fresh prefix.
+pub fn backends(name: &str) -> Vec<Backend> {
+    let mut out = vec![local()];
+    let prefix = unique(name);
+    if let Some(ep) = endpoint("CSPBILL_TEST_S3") {
+        out.push(Backend { name: "s3", url: format!("s3://{S3_BUCKET}/{prefix}"), options: s3_options(&ep), dir: None });
+    }
+    if let Some(ep) = endpoint("CSPBILL_TEST_AZURITE") {
+        out.push(Backend { name: "azure", url: format!("az://{AZ_CONTAINER}/{prefix}"), options: azure_options(&ep), dir: None });
+    }
+    if let Some(ep) = endpoint("CSPBILL_TEST_GCS") {
+        out.push(Backend { name: "gcs", url: format!("gs://{GCS_BUCKET}/{prefix}"), options: gcs_options(&ep), dir: None });
+    }
+    out
+}
