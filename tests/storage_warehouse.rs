@@ -102,7 +102,9 @@ fn tables_round_trip_in_hive_layout_and_identically_on_every_store() {
     let inv = invoices("r1", 5);
     let lin = lines("r1", 7);
     let mut digests: Vec<(String, Commit)> = Vec::new();
-    for b in common::backends("roundtrip") {
+    let mut warehouses: Vec<Warehouse> = Vec::new();
+    let backends = common::backends("roundtrip");
+    for b in &backends {
         let wh = open(&b);
         assert!(wh.committed(period()).unwrap().is_none(), "{}", b.name);
         assert!(wh.read_table("fct_invoices", Zone::Marts, period()).unwrap().is_none());
@@ -135,7 +137,16 @@ fn tables_round_trip_in_hive_layout_and_identically_on_every_store() {
         let manifest: serde_json::Value = serde_json::from_slice(&wh.read_file("_runs/r1.json").unwrap().unwrap()).unwrap();
         assert_eq!(manifest["note"], "x");
         digests.push((b.name.to_string(), c));
+        warehouses.push(wh);
     }
+    for (w, (name, _)) in warehouses.iter().zip(&digests).skip(1) {
+        assert_eq!(common::compare_committed(&warehouses[0], w, period(), &[]), Vec::<String>::new(), "{name} vs local");
+    }
+    // And the comparison does see a difference of one row.
+    let other = common::local();
+    let wo = open(&other);
+    run(&wo, "r1", &[("fct_invoices", Zone::Marts, invoices("r1", 4)), ("int_lines", Zone::Int, lines("r1", 7))]);
+    assert_eq!(common::compare_committed(&warehouses[0], &wo, period(), &[]), vec!["marts/fct_invoices: rows differ".to_string()]);
     // Byte-identical Parquet on every store: the same digests as the local folder.
     let (_, local) = &digests[0];
     for (name, c) in &digests[1..] {
@@ -503,4 +514,50 @@ fn unreachable_or_wrong_warehouses_are_usage_errors_naming_the_url() {
         let e = Warehouse::open(&format!("az://{}/x", common::AZ_CONTAINER), &bad).unwrap_err();
         assert_eq!(code(&e), 2, "bad credentials: {e:#}");
     }
+}
+
+/// DuckDB, reading the Hive folders without cspbill, sees exactly the committed run: not a dropped run's data,
+/// not a run killed after its commit point until the next run rolls it forward, and decimals stay DECIMAL.
+#[test]
+fn duckdb_over_the_hive_folders_sees_only_committed_rows() {
+    let Ok(python) = std::env::var("CSPBILL_PYTHON") else {
+        // Outside CI a missing tool may skip this test; in CI it may not.
+        let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+        assert!(!ci, "`CSPBILL_PYTHON` is not set but CI=true: run scripts/test.sh");
+        return;
+    };
+    let b = common::local();
+    let wh = open(&b).with_lock_ttl(Duration::ZERO);
+    let query = |root: &str| -> serde_json::Value {
+        let script = r#"
+import duckdb, json, sys
+root = sys.argv[1]
+con = duckdb.connect()
+rows = con.sql(f"""select period, run_tag, count(*) as n, sum(total)::varchar as total, any_value(typeof(total)) as ty
+                    from read_parquet('{root}/marts/fct_invoices/*/*.parquet', hive_partitioning=true)
+                    group by all order by all""").fetchall()
+print(json.dumps([list(r) for r in rows]))
+"#;
+        let out = std::process::Command::new(&python).arg("-c").arg(script).arg(root).output().unwrap();
+        assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    run(&wh, "A", &[("fct_invoices", Zone::Marts, invoices("A", 4))]);
+    // 0.123456789012345678 × 4 + (0 + 1 + 2 + 3)
+    let a = serde_json::json!([["2024-01", "A", 4, "6.493827156049382712", "DECIMAL(38,18)"]]);
+    assert_eq!(query(&b.url), a);
+    // A dropped run: its private data is not globbed.
+    {
+        let mut t = wh.begin(period(), "dropped").unwrap();
+        t.write_table("fct_invoices", Zone::Marts, &mut invoices("dropped", 9)).unwrap();
+        assert_eq!(query(&b.url), a);
+    }
+    // A run killed right after its commit point: readers of the folders still see A, whole.
+    let mut t = wh.begin(period(), "B").unwrap();
+    t.write_table("fct_invoices", Zone::Marts, &mut invoices("B", 2)).unwrap();
+    assert!(t.commit_until(serde_json::json!({}), false, Some(CrashPoint::AfterPointer)).unwrap().is_none());
+    assert_eq!(query(&b.url), a);
+    // The next run's `begin` rolls B forward.
+    drop(wh.begin(period(), "C").unwrap());
+    assert_eq!(query(&b.url), serde_json::json!([["2024-01", "B", 2, "1.246913578024691356", "DECIMAL(38,18)"]]));
 }

@@ -113,3 +113,44 @@ pub fn backends(name: &str) -> Vec<Backend> {
     }
     out
 }
+
+/// The environment a child process (the `cspbill` binary) needs to reach a backend without any option in its
+/// config: each object_store option as the cloud's usual variable (`aws_endpoint_url` → `AWS_ENDPOINT_URL`).
+pub fn child_env(b: &Backend) -> Vec<(String, String)> {
+    b.options.iter().map(|(k, v)| (k.to_ascii_uppercase(), v.clone())).collect()
+}
+
+/// Differences between the committed tables of a period in two warehouses (rows sorted, `ignore` columns left
+/// out): empty when they hold the same tables with the same rows. For comparing a run on a server with a run
+/// on a local folder.
+pub fn compare_committed(a: &crate::warehouse::Warehouse, b: &crate::warehouse::Warehouse, period: pipeline::Period, ignore: &[&str]) -> Vec<String> {
+    use pipeline::testing::frame_to_sorted_csv;
+    let (Some(ca), Some(cb)) = (a.committed(period).unwrap(), b.committed(period).unwrap()) else {
+        return vec![format!("period {period} is not committed in both warehouses")];
+    };
+    let tables = |c: &crate::warehouse::Commit| -> Vec<(String, String)> {
+        c.files.iter().filter_map(|f| Some((f.zone.clone()?, f.table.clone()?))).collect()
+    };
+    let (ta, tb) = (tables(&ca), tables(&cb));
+    if ta != tb {
+        return vec![format!("tables differ: {ta:?} vs {tb:?}")];
+    }
+    let zone = |z: &str| match z {
+        "staged" => schemas::Zone::Staged,
+        "rejects" => schemas::Zone::Rejects,
+        "int" => schemas::Zone::Int,
+        _ => schemas::Zone::Marts,
+    };
+    let mut out = Vec::new();
+    for (z, t) in ta {
+        let read = |w: &crate::warehouse::Warehouse, c: &crate::warehouse::Commit| {
+            let df = w.read_commit_table(c, &t, zone(&z)).unwrap().unwrap();
+            let keep: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).filter(|n| !ignore.contains(&n.as_str())).collect();
+            frame_to_sorted_csv(&df.select(keep).unwrap())
+        };
+        if read(a, &ca) != read(b, &cb) {
+            out.push(format!("{z}/{t}: rows differ"));
+        }
+    }
+    out
+}
