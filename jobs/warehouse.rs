@@ -35,7 +35,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
     RetryConfig,
 };
 use pipeline::Period;
@@ -803,15 +803,18 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
         ))
     };
     let retry = retry_config();
-    let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(120));
+    // Timeouts, unless the environment or the options set them. Not `with_client_options`: that would drop the
+    // client settings `from_env` read (`AWS_ALLOW_HTTP`, proxies, ...).
+    let timeouts = [(ClientConfigKey::ConnectTimeout, "5s"), (ClientConfigKey::Timeout, "120s")];
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client);
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url).with_retry(retry);
+            for (k, v) in timeouts {
+                let k = object_store::aws::AmazonS3ConfigKey::Client(k);
+                if b.get_config_value(&k).is_none() {
+                    b = b.with_config(k, v);
+                }
+            }
             for (k, v) in options {
                 b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
             }
@@ -822,10 +825,13 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
             )
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client);
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url).with_retry(retry);
+            for (k, v) in timeouts {
+                let k = object_store::azure::AzureConfigKey::Client(k);
+                if b.get_config_value(&k).is_none() {
+                    b = b.with_config(k, v);
+                }
+            }
             for (k, v) in options {
                 b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
             }
@@ -837,10 +843,13 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
             })?)
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry)
-                .with_client_options(client);
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url).with_retry(retry);
+            for (k, v) in timeouts {
+                let k = object_store::gcp::GoogleConfigKey::Client(k);
+                if b.get_config_value(&k).is_none() {
+                    b = b.with_config(k, v);
+                }
+            }
             for (k, v) in options {
                 b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
             }
