@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one command that runs every test of cspbill: installs the test tools (a pinned Python venv in .ci/tmp/venv,
+# Azurite via npm), starts local S3 (moto) and Azure Blob (Azurite) servers on free loopback ports, exports their
+# endpoints (`CSPBILL_TEST_S3`, `CSPBILL_TEST_AZURITE`, `CSPBILL_PYTHON`),
+# runs `cargo test --workspace` and stops the servers on exit. Extra arguments go to `cargo test`.
+#
+#   scripts/test.sh                      everything
+#   scripts/test.sh --test storage_warehouse
+#   CSPBILL_TEST_SERVERS=0 scripts/test.sh   without the servers (local-folder warehouse only; not allowed with CI=true)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TMP="$ROOT/.ci/tmp"
+mkdir -p "$TMP"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export CARGO_TERM_COLOR=never
+
+# shellcheck source=scripts/servers.sh
+source "$ROOT/scripts/servers.sh"
+
+if [[ "${CSPBILL_TEST_SERVERS:-1}" != 0 ]]; then
+  trap stop_servers EXIT
+  start
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+elif [[ "${CI:-}" == true ]]; then
+  echo "CSPBILL_TEST_SERVERS=0 is not allowed under CI=true: CI tests every store" >&2
+  exit 2
+fi
+
+LOG="$TMP/cargo-test.log"
+status=0
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?
+
+# The summary: one line per test binary, then the total.
+echo
+echo "== summary"
+grep -E '^test result:|^\s+Running |^\s+Doc-tests ' "$LOG" | paste - - | sed -E 's/^\s+(Running|Doc-tests) //' || true
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) ig += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, ig }' "$LOG"
+exit "$status"

@@ -1,0 +1,75 @@
+//! Helpers shared by the end-to-end tests: running the binary, finding the sample workspace and the real
+//! fixtures, and reading outputs back with DuckDB or pyarrow through the CI's Python (`CSPBILL_PYTHON`).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `shared/fixtures/partner-center`, beside the repository (as CI lays it out).
+pub fn fixtures() -> PathBuf {
+    repo().join("../shared/fixtures/partner-center")
+}
+
+/// Runs the `cspbill` binary with `args`, returning its output.
+pub fn cspbill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cspbill")).args(args).env("NO_COLOR", "1").output().expect("running cspbill")
+}
+
+/// Runs cspbill and asserts the exit code, printing stderr on failure.
+pub fn cspbill_ok(args: &[&str]) -> Output {
+    let out = cspbill(args);
+    assert!(
+        out.status.success(),
+        "cspbill {args:?} failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Python interpreter with duckdb and pyarrow: `CSPBILL_PYTHON` (set by scripts/test.sh), else `python3`.
+/// Returns None when neither has duckdb; under CI (`CI=true`) that is a failure, not a skip.
+pub fn python() -> Option<String> {
+    let candidates = [std::env::var("CSPBILL_PYTHON").ok(), Some("python3".to_string())];
+    for c in candidates.into_iter().flatten() {
+        let ok = Command::new(&c).args(["-c", "import duckdb, pyarrow"]).output().map(|o| o.status.success()).unwrap_or(false);
+        if ok {
+            return Some(c);
+        }
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must provide CSPBILL_PYTHON with duckdb and pyarrow");
+    eprintln!("skipping the DuckDB read-back: no python with duckdb and pyarrow (run scripts/test.sh, which makes one)");
+    None
+}
+
+/// Runs a DuckDB SQL query in Python and returns its rows as CSV text (header included).
+pub fn duckdb_csv(py: &str, sql: &str) -> String {
+    let script = format!(
+        "import duckdb,sys\ncon=duckdb.connect()\nrel=con.sql({sql:?})\nimport csv\nw=csv.writer(sys.stdout, lineterminator='\\n')\nw.writerow(rel.columns)\nfor r in rel.fetchall(): w.writerow(r)\n"
+    );
+    let out = Command::new(py).args(["-c", &script]).output().expect("running python");
+    assert!(out.status.success(), "duckdb query failed: {}\n{sql}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 from duckdb")
+}
+
+/// Copies a folder recursively (test workspaces are small).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
