@@ -518,3 +518,170 @@ fn schemas_are_the_tables() {
         );
     }
 }
+
+/// (line, column) of each configuration error `validate_tag_rules` returns.
+fn config_errors(tag_rules: &DataFrame, org_units: &DataFrame) -> Vec<(u64, String, String)> {
+    match validate_tag_rules(tag_rules, org_units, "tag_rules.csv", "org_units.csv") {
+        Err(PipelineError::Configs(e)) => {
+            let mut v: Vec<(u64, String, String)> = e.into_iter().map(|e| (e.line, e.column, e.file)).collect();
+            v.sort();
+            v
+        }
+        Err(other) => panic!("not a configuration error: {other}"),
+        Ok(_) => vec![],
+    }
+}
+
+fn e(line: u64, column: &str, file: &str) -> (u64, String, String) {
+    (line, column.into(), file.into())
+}
+
+#[test]
+fn rule_groups_and_shares_are_validated() {
+    let errs = config_errors(
+        &rules(&[
+            "half,1,c1,,,,,,,0.5",
+            "half,1,c1,,,,,,,0.4",
+            "cond,1,c1,,rg-a,,,,,0.5",
+            "cond,2,c1,,rg-b,,,,,",
+            "blank,1,,,,,,,,",
+            "blank,1,,,,,,,,0.5",
+            "over,1,,,,,,,,0.7",
+            "over,1,,,,,,,,0.3",
+            "over,1,,,,,,,,",
+            "neg,1,,,,,,,,-0.5",
+            "neg,1,,,,,,,,1.5",
+            "glob,1,,,rg-[,,,,,",
+            "unit,1,c1,,,,,,NOPE,",
+        ]),
+        &units(),
+    );
+    let f = "tag_rules.csv";
+    assert_eq!(
+        errs,
+        vec![
+            e(3, "share", f),           // half: 0.5 + 0.4 ≠ 1
+            e(5, "priority", f),        // cond: second row's priority differs
+            e(5, "resource_group", f),  // cond: and its resource group
+            e(6, "share", f),           // blank: a blank share before the last row
+            e(10, "share", f),          // over: 0.7 + 0.3 leaves nothing for the blank last row
+            e(11, "share", f),          // neg: a share not above 0
+            e(13, "resource_group", f), // an invalid glob
+            e(14, "target_unit_id", f), // not a unit of c1
+        ]
+    );
+}
+
+#[test]
+fn tag_value_needs_a_tag_key_and_units_belong_to_the_target_customer() {
+    // Built directly: reference staging already refuses a tag_value without a tag_key; the stage checks again.
+    let r = staged(
+        &schemas::stg_tag_rules::schema(),
+        &[
+            ("rule_id", &["v", "u", "ok"]),
+            ("priority", &["1", "2", "3"]),
+            ("tag_value", &["x*", "", ""]),
+            ("target_customer_id", &["", "c2", "C2"]),
+            ("target_unit_id", &["", "CC1", "BU9"]),
+            ("line_number", &["2", "3", "4"]),
+        ],
+    )
+    .collect()
+    .unwrap();
+    assert_eq!(config_errors(&r, &units()), vec![e(2, "tag_value", "tag_rules.csv"), e(3, "target_unit_id", "tag_rules.csv")]);
+}
+
+#[test]
+fn org_units_form_a_tree_per_customer() {
+    let bad = reference(
+        RefTable::OrgUnits,
+        &[
+            "unit_id,customer_id,parent_unit_id",
+            "A,c1,B",
+            "B,c1,C",
+            "C,c1,A",
+            "X,c2,BU",
+            "BU,c1,",
+            "Y,c1,GHOST",
+            "Z,c1,Z",
+            "BU,C1,",
+        ],
+    );
+    let f = "org_units.csv";
+    assert_eq!(config_errors(&rules(&[]), &bad), vec![e(5, "parent_unit_id", f), e(7, "parent_unit_id", f), e(8, "parent_unit_id", f), e(9, "unit_id", f)]);
+    // Without the other problems, the cycle A → B → C → A is reported once, on its first line.
+    let cycle = reference(RefTable::OrgUnits, &["unit_id,customer_id,parent_unit_id", "R,c1,", "A,c1,B", "B,c1,C", "C,c1,A", "D,c1,R"]);
+    assert_eq!(config_errors(&rules(&[]), &cycle), vec![e(3, "parent_unit_id", f)]);
+}
+
+#[test]
+fn validation_fills_part_numbers_shares_and_unit_paths() {
+    let (r, u) = validate_tag_rules(
+        &rules(&["s,1,c1,,,,,,BU1,0.25", "s,1,c1,,,,,,P1,", "one,2,,,,,,,,"]),
+        &units(),
+        "tag_rules.csv",
+        "org_units.csv",
+    )
+    .unwrap();
+    let parts: Vec<Option<i64>> = r.column("part_no").unwrap().i64().unwrap().iter().collect();
+    assert_eq!(parts, vec![Some(1), Some(2), Some(1)]);
+    let shares: Vec<Option<Decimal>> =
+        (0..3).map(|i| crate::decimal::any_to_decimal(&r.column("share").unwrap().get(i).unwrap())).collect();
+    assert_eq!(shares, vec![Some(d("0.25")), Some(d("0.75")), Some(d("1"))]);
+    let paths: Vec<Option<&str>> = u.column("unit_path").unwrap().str().unwrap().iter().collect();
+    assert_eq!(paths, vec![Some("BU1"), Some("BU1/P1"), Some("BU1/P1/CC1"), Some("BU9")]);
+    assert_eq!(r.schema().as_ref(), &schemas::stg_tag_rules::schema());
+    assert_eq!(u.schema().as_ref(), &schemas::stg_org_units::schema());
+    // Validating the completed frames again gives the same frames.
+    let (r2, u2) = validate_tag_rules(&r, &u, "tag_rules.csv", "org_units.csv").unwrap();
+    assert!(r2.equals_missing(&r) && u2.equals_missing(&u));
+}
+
+mod parts_sum_to_the_whole {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Any amount (18 decimals), any split into 1..6 shares (the last blank): q, cost, list and pec of the
+        /// parts sum exactly to the charge's.
+        #[test]
+        fn for_any_amount_and_shares(
+            mantissas in proptest::collection::vec(-10i128.pow(24)..10i128.pow(24), 4),
+            weights in proptest::collection::vec(1u32..1000, 1..6),
+        ) {
+            let total: u32 = weights.iter().sum();
+            let amounts: Vec<String> = mantissas.iter().map(|m| crate::decimal::from_mantissa(*m).to_string()).collect();
+            // Shares w / total rounded to 9 places (awkward on purpose), the last row blank.
+            let mut rows = Vec::new();
+            for (k, w) in weights.iter().enumerate() {
+                let share = if k + 1 == weights.len() {
+                    String::new()
+                } else {
+                    (Decimal::from(*w) / Decimal::from(total)).round_dp(9).to_string()
+                };
+                rows.push(format!("p,1,,,,,,,,{share}"));
+            }
+            let shares_sum: Decimal = rows.iter().filter_map(|r| r.rsplit(',').next()).filter(|s| !s.is_empty()).map(|s| s.parse::<Decimal>().unwrap()).sum();
+            prop_assume!(shares_sum < Decimal::ONE);
+            let rule_rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+            let ch = staged(
+                &int_charges::schema(),
+                &[
+                    ("line_id", &["x"]),
+                    ("customer_id", &["c1"]),
+                    ("q", &[amounts[0].as_str()]),
+                    ("cost", &[amounts[1].as_str()]),
+                    ("list", &[amounts[2].as_str()]),
+                    ("pec", &[amounts[3].as_str()]),
+                ],
+            );
+            let out = int_charges_allocated(ch, &rules(&rule_rows), &units(), &customers(), &ctx()).unwrap();
+            let al = out.allocated.collect().unwrap();
+            prop_assert_eq!(al.height(), weights.len());
+            for (i, c) in ["q", "cost", "list", "pec"].iter().enumerate() {
+                prop_assert_eq!(crate::decimal::column_sum(&al, c).unwrap(), amounts[i].parse::<Decimal>().unwrap().normalize());
+            }
+        }
+    }
+}
