@@ -10,6 +10,7 @@ mod explain;
 mod exports;
 mod generate;
 mod inputs;
+mod late;
 mod manifest;
 mod reference;
 mod run;

@@ -1,9 +1,27 @@
-//! Running a period: read inputs, run the stages, check the invariants, publish one commit.
+//! Running a period: read the reference data and the period's Partner Center snapshot, run the stages, check the
+//! invariants of DESIGN §6 at every step, and publish every table of the period in one commit. A violated
+//! invariant fails the run (exit 1) before anything is published; bad input or configuration exits 2.
+//!
+//! `compute` runs the stages and checks without writing anything, so the same code re-states a closed period
+//! for late data (`crate::late`); `run_period` lands raw files, writes the tables and commits.
 
-use anyhow::Result;
-use pipeline::RunMode;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use pipeline::invariants::{compare, describe};
+use pipeline::{RunContext, RunMode};
+use polars::prelude::*;
+use schemas::Zone;
+use serde_json::{Value, json};
+use tracing::{info, info_span, warn};
 
 use crate::cli::{PeriodArgs, Severity};
+use crate::config::{self, Config};
+use crate::error::Failure;
+use crate::inputs::FileStats;
+use crate::manifest::{Manifest, OutputTable, Timer};
+use crate::warehouse::Warehouse;
 
 /// The last stage a command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -16,10 +34,503 @@ pub enum Stop {
     All,
 }
 
-pub fn run_period(_p: &PeriodArgs, _mode: RunMode, _stop: Stop) -> Result<()> {
-    Err(crate::error::Failure::usage("`run` is not built yet").into())
+/// The reference tables of a run, staged and validated.
+#[derive(Clone)]
+pub struct RefFrames {
+    pub customers: DataFrame,
+    pub org_units: DataFrame,
+    pub rate_cards: DataFrame,
+    pub tag_rules: DataFrame,
+    pub fx_rates: DataFrame,
+    pub manual_lines: DataFrame,
+    pub psa_time: DataFrame,
+    pub license_activity: DataFrame,
+    pub utilization: DataFrame,
+}
+
+impl RefFrames {
+    /// Staged reference tables with the table name each is published under.
+    pub fn tables(&self) -> [(&'static str, &DataFrame); 9] {
+        [
+            (schemas::stg_customers::TABLE, &self.customers),
+            (schemas::stg_org_units::TABLE, &self.org_units),
+            (schemas::stg_rate_cards::TABLE, &self.rate_cards),
+            (schemas::stg_tag_rules::TABLE, &self.tag_rules),
+            (schemas::stg_fx_rates::TABLE, &self.fx_rates),
+            (schemas::stg_manual_lines::TABLE, &self.manual_lines),
+            (schemas::stg_psa_time::TABLE, &self.psa_time),
+            (schemas::stg_license_activity::TABLE, &self.license_activity),
+            (schemas::stg_utilization::TABLE, &self.utilization),
+        ]
+    }
+}
+
+/// Reads the config's reference files and validates the tables whose rules span rows.
+pub fn load_reference(cfg: &Config, m: &mut Manifest) -> Result<RefFrames> {
+    let r = crate::reference::load(cfg)?;
+    let tag_file = cfg.inputs.tag_rules.as_deref().map(|p| cfg.resolve(p)).unwrap_or_else(|| "tag_rules.csv".into());
+    let unit_file = cfg.inputs.org_units.as_deref().map(|p| cfg.resolve(p)).unwrap_or_else(|| "org_units.csv".into());
+    let (tag_rules, org_units) = pipeline::allocate::validate_tag_rules(&r.tag_rules, &r.org_units, &tag_file, &unit_file)
+        .map_err(config_failure)?;
+    let rate_cards =
+        pipeline::rate::validate_rate_cards(&r.rate_cards, &cfg.resolve(&cfg.inputs.rate_cards)).map_err(config_failure)?;
+    m.reference_files = serde_json::to_value(&r.files)?;
+    m.warnings.extend(r.warnings.iter().cloned());
+    Ok(RefFrames {
+        customers: r.customers,
+        org_units,
+        rate_cards,
+        tag_rules,
+        fx_rates: r.fx_rates,
+        manual_lines: r.manual_lines,
+        psa_time: r.psa_time,
+        license_activity: r.license_activity,
+        utilization: r.utilization,
+    })
+}
+
+/// A pipeline error as a usage failure listing its configuration errors (exit 2), else as it is.
+fn config_failure(e: pipeline::PipelineError) -> anyhow::Error {
+    match e {
+        pipeline::PipelineError::Configs(errs) => crate::reference::config_errors(&errs),
+        pipeline::PipelineError::Config(err) => crate::reference::config_errors(&[err]),
+        other => other.into(),
+    }
+}
+
+/// Everything a run of one period computes, before anything is written.
+pub struct Computed {
+    pub files: Vec<FileStats>,
+    pub tables: Vec<(&'static str, Zone, DataFrame)>,
+    pub invoices: Option<(DataFrame, DataFrame, DataFrame)>,
+}
+
+impl Computed {
+    pub fn table(&self, name: &str) -> Option<&DataFrame> {
+        self.tables.iter().find(|(t, _, _)| *t == name).map(|(_, _, df)| df)
+    }
+}
+
+/// Collects a plan, naming the stage on failure.
+fn collect(lf: LazyFrame, stage: &str) -> Result<DataFrame> {
+    lf.collect().map_err(|e| anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{stage}` failed: {e}") }))
+}
+
+/// Fails with exit 2 when a stage's errors frame has rows, naming the first few.
+fn errors_frame(errors: &DataFrame, stage: &str) -> Result<()> {
+    if errors.height() == 0 {
+        return Ok(());
+    }
+    let msgs: Vec<String> = errors
+        .column("message")
+        .ok()
+        .and_then(|c| c.str().ok().map(|s| s.iter().flatten().take(5).map(str::to_string).collect()))
+        .unwrap_or_default();
+    Err(Failure::usage(format!(
+        "{stage}: {} problem(s) the data revealed in the reference data; fix it and run again:\n  {}",
+        errors.height(),
+        msgs.join("\n  ")
+    ))
+    .into())
+}
+
+/// Records an invariant comparison in the manifest.
+fn invariant(m: &mut Manifest, name: &str, diff: LazyFrame, keys: &[&str]) -> Result<()> {
+    let d = collect(diff, name)?;
+    let ok = d.height() == 0;
+    let detail = if ok { "holds".to_string() } else { describe(&d, keys, 5) };
+    m.check(name, ok, detail);
+    Ok(())
+}
+
+/// A stage spinner on stderr when it is a terminal; hidden otherwise (schedulers read the logs).
+fn progress() -> ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+/// Runs the stages of `ctx.period` over the snapshot in `snapshot_dir` up to `stop`, checking every invariant
+/// into `m`. Writes nothing.
+pub fn compute(
+    ctx: &RunContext,
+    refs: &RefFrames,
+    snapshot_dir: &Path,
+    stop: Stop,
+    adjustments: DataFrame,
+    m: &mut Manifest,
+    timer: &mut Timer,
+) -> Result<Computed> {
+    let pb = progress();
+    let mut tables: Vec<(&'static str, Zone, DataFrame)> = Vec::new();
+    pb.set_message(format!("reading {}", snapshot_dir.display()));
+    let files = crate::inputs::list_snapshot(snapshot_dir)?;
+    if files.is_empty() {
+        warn!("no Partner Center files in `{}`", snapshot_dir.display());
+        m.warnings.push(format!("no Partner Center files in `{}`", snapshot_dir.display()));
+    }
+    let snap = crate::inputs::read_snapshot(&files, ctx.period)?;
+    let usage = collect(snap.usage, "stg_pc_daily_usage")?;
+    let invoice = collect(snap.invoice_lines, "stg_pc_invoice_lines")?;
+    let rej_u = collect(snap.rejects_usage, "rejects_pc_daily_usage")?;
+    let rej_i = collect(snap.rejects_invoice, "rejects_pc_invoice_lines")?;
+    timer.lap("ingest");
+    // Conservation of rows and amounts per file (DESIGN §6).
+    for f in &snap.files {
+        m.check(
+            &format!("ingest conservation `{}`", f.name),
+            f.balances(),
+            format!(
+                "rows in {} = staged {} + rejected {} + duplicates {} + set aside {}; cost in {} = staged {} + rejected {} + duplicates {} + set aside {}",
+                f.rows_in, f.staged, f.rejected, f.duplicates, f.set_aside, f.cost_in, f.cost_staged, f.cost_rejected, f.cost_duplicates, f.cost_set_aside
+            ),
+        );
+        m.warnings.extend(f.warnings.iter().cloned());
+    }
+    let staged_rows: u64 = snap.files.iter().map(|f| f.staged).sum();
+    m.check(
+        "staged rows match the per-file counts",
+        staged_rows == (usage.height() + invoice.height()) as u64,
+        format!("files say {staged_rows}, staged tables hold {}", usage.height() + invoice.height()),
+    );
+    let rejected_rows: u64 = snap.files.iter().map(|f| f.rejected).sum();
+    m.total("rejected_rows", rejected_rows);
+    m.total("staged_rows", json!({"daily_usage": usage.height(), "invoice_lines": invoice.height()}));
+    if ctx.mode == RunMode::Close && rejected_rows > ctx.policies.max_rejected_rows {
+        m.check(
+            "close: rejected rows within max_rejected_rows",
+            false,
+            format!(
+                "{rejected_rows} Partner Center row(s) rejected, max_rejected_rows = {}; read rejects/ (reason, line), fix or replace the inputs, or raise the limit",
+                ctx.policies.max_rejected_rows
+            ),
+        );
+    }
+    tables.push((schemas::stg_pc_daily_usage::TABLE, Zone::Staged, usage.clone()));
+    tables.push((schemas::stg_pc_invoice_lines::TABLE, Zone::Staged, invoice.clone()));
+    tables.push((schemas::rejects_pc_daily_usage::TABLE, Zone::Rejects, rej_u));
+    tables.push((schemas::rejects_pc_invoice_lines::TABLE, Zone::Rejects, rej_i));
+    for (t, df) in refs.tables() {
+        tables.push((t, Zone::Staged, df.clone()));
+    }
+    let done = |tables, files| Ok(Computed { files, tables, invoices: None });
+    if stop == Stop::Ingest {
+        pb.finish_and_clear();
+        return done(tables, snap.files);
+    }
+
+    // Microsoft's own arithmetic as a data check, and reconciliation to what Microsoft invoiced.
+    pb.set_message("charges");
+    let ms = collect(pipeline::rate::microsoft_subtotal_check(invoice.clone().lazy()), "microsoft_subtotal_check")?;
+    m.total("microsoft_subtotal_check", frame_json(&ms)?);
+
+    let opts = pipeline::charges::ChargesOptions { has_daily_usage: usage.height() > 0 };
+    let ch = pipeline::charges::int_charges(usage.clone().lazy(), invoice.clone().lazy(), &opts, ctx)?;
+    let charges = collect(ch.charges, "int_charges")?;
+    let control = collect(ch.control_lines, "int_charges control lines")?;
+    let comparison = collect(ch.control_comparison, "azure control comparison")?;
+    m.total("azure_usage_source", format!("{:?}", ch.source));
+    m.total("azure_control_comparison", frame_json(&comparison)?);
+    // Σ cost staged = Σ cost in int_charges + Σ cost of the control-total lines, per source file.
+    let staged_cost = concat(
+        [
+            usage.clone().lazy().select([col("source_file"), col("billing_pre_tax_total").alias("cost")]),
+            invoice.clone().lazy().select([col("source_file"), col("subtotal").alias("cost")]),
+        ],
+        UnionArgs::default(),
+    )?;
+    let charged_cost = concat(
+        [charges.clone().lazy().select([col("source_file"), col("cost")]), control.clone().lazy().select([col("source_file"), col("cost")])],
+        UnionArgs::default(),
+    )?;
+    invariant(m, "staged = int_charges + control lines (rows and cost per source file)", compare(staged_cost, charged_cost, &["source_file"], "cost", true), &["source_file"])?;
+    reconciliation(m, &invoice, &charges)?;
+    tables.push((schemas::int_charges::TABLE, Zone::Int, charges.clone()));
+    timer.lap("charges");
+    if stop == Stop::Charges {
+        pb.finish_and_clear();
+        return done(tables, snap.files);
+    }
+
+    pb.set_message("allocation");
+    let al = pipeline::allocate::int_charges_allocated(charges.clone().lazy(), &refs.tag_rules, &refs.org_units, &refs.customers, ctx)
+        .map_err(config_failure)?;
+    errors_frame(&collect(al.errors, "allocation errors")?, "allocation")?;
+    let allocated = collect(al.allocated, "int_charges_allocated")?;
+    let compliance = collect(al.compliance, "int_tag_compliance")?;
+    let malformed = collect(al.malformed_tags, "malformed tags")?;
+    if malformed.height() > 0 {
+        m.warnings.push(format!("{} charge(s) carry a Tags value that is not a JSON object; counted as untagged", malformed.height()));
+    }
+    m.warnings.extend(al.warnings);
+    let keys = ["source_file", "customer_id"];
+    invariant(
+        m,
+        "int_charges = allocated (cost per source file and customer of origin)",
+        compare(
+            charges.clone().lazy().select([col("source_file"), col("customer_id"), col("cost")]),
+            allocated.clone().lazy().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
+            &keys,
+            "cost",
+            false,
+        ),
+        &keys,
+    )?;
+    tables.push((schemas::int_charges_allocated::TABLE, Zone::Int, allocated.clone()));
+    tables.push((schemas::int_tag_compliance::TABLE, Zone::Int, compliance));
+    timer.lap("allocate");
+    if stop == Stop::Allocate {
+        pb.finish_and_clear();
+        return done(tables, snap.files);
+    }
+
+    pb.set_message("rating");
+    let rt = pipeline::rate::int_charges_rated(allocated.clone().lazy(), &refs.rate_cards, &refs.customers, &refs.fx_rates, ctx)
+        .map_err(config_failure)?;
+    errors_frame(&collect(rt.errors, "rating errors")?, "rating")?;
+    let rated = collect(rt.rated, "int_charges_rated")?;
+    invariant(
+        m,
+        "allocated = rated (parts and cost per source file and customer of origin)",
+        compare(
+            allocated.clone().lazy().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
+            rated.clone().lazy().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
+            &keys,
+            "cost",
+            true,
+        ),
+        &keys,
+    )?;
+    let count = |status: &str, column: &str| -> Result<usize> {
+        Ok(rated.clone().lazy().filter(col(column).eq(lit(status))).select([len()]).collect()?.column("len")?.get(0)?.extract::<u32>().unwrap_or(0) as usize)
+    };
+    let unpriced = count("unpriced", "status")?;
+    let fallback = count("market_fallback", "fx_source")?;
+    m.total("unpriced_parts", unpriced);
+    m.total("fx_market_fallback_parts", fallback);
+    if fallback > 0 {
+        m.warnings.push(format!("{fallback} part(s) converted at the market rate: fx_policy `microsoft` but the invoice currency is neither the billing nor the pricing currency"));
+    }
+    if unpriced > 0 {
+        let msg = format!("{unpriced} charge part(s) unpriced (no rate rule matched, or the customer is not in customers.csv); see `status` and `unpriced_reason` in int_charges_rated");
+        warn!("{msg}");
+        m.warnings.push(msg.clone());
+        if ctx.mode == RunMode::Close {
+            m.check("close: no unpriced charges", false, msg);
+        }
+    }
+    tables.push((schemas::int_charges_rated::TABLE, Zone::Int, rated.clone()));
+    timer.lap("rate");
+    if stop == Stop::Rate {
+        pb.finish_and_clear();
+        return done(tables, snap.files);
+    }
+
+    pb.set_message("invoices");
+    let inv = pipeline::invoice::fct_invoices(
+        pipeline::invoice::InvoiceInputs {
+            rated: rated.clone().lazy(),
+            customers: &refs.customers,
+            org_units: &refs.org_units,
+            psa_time: &refs.psa_time,
+            manual_lines: &refs.manual_lines,
+            fx_rates: &refs.fx_rates,
+            adjustments,
+        },
+        ctx,
+    )
+    .map_err(config_failure)?;
+    errors_frame(&inv.errors, "invoicing")?;
+    for c in &inv.checks {
+        m.check(&format!("invoice {} adds up", c.invoice_number), c.ok(), c.describe());
+    }
+    let detail = collect(inv.detail, "fct_invoice_detail")?;
+    tables.push((schemas::fct_invoices::TABLE, Zone::Marts, inv.invoices.clone()));
+    tables.push((schemas::fct_invoice_lines::TABLE, Zone::Marts, inv.lines.clone()));
+    tables.push((schemas::fct_invoice_detail::TABLE, Zone::Marts, detail.clone()));
+    m.total("invoices", inv.invoices.height());
+    timer.lap("invoice");
+    pb.finish_and_clear();
+    Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, detail)) })
+}
+
+/// Reconciliation to Microsoft (issue #7): per customer, Σ Subtotal of the invoice file against Σ cost charged
+/// from it and from daily usage, so the MSP sees whether it billed everything it was billed for.
+fn reconciliation(m: &mut Manifest, invoice: &DataFrame, charges: &DataFrame) -> Result<()> {
+    let file = invoice
+        .clone()
+        .lazy()
+        .group_by([col("customer_id")])
+        .agg([col("subtotal").sum().alias("microsoft_invoice_subtotal"), len().cast(DataType::Int64).alias("invoice_lines")]);
+    let charged = charges.clone().lazy().group_by([col("customer_id")]).agg([
+        col("cost").filter(col("source_kind").eq(lit("invoice_line"))).sum().alias("charged_from_invoice_lines"),
+        col("cost").filter(col("source_kind").eq(lit("daily_usage"))).sum().alias("charged_from_daily_usage"),
+    ]);
+    let both = file
+        .join(charged, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Full).with_coalesce(JoinCoalesce::CoalesceColumns))
+        .sort(["customer_id"], Default::default());
+    let df = collect(both, "reconciliation")?;
+    let total = pipeline::decimal::column_sum(invoice, "subtotal")?;
+    m.total("microsoft_invoice_subtotal", total.to_string());
+    m.total("reconciliation_by_customer", frame_json(&df)?);
+    Ok(())
+}
+
+/// A unique, sortable run id: UTC time and process id. It names files and manifests; it never enters data rows.
+fn new_run_id() -> String {
+    format!("{}-{:05}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"), std::process::id() % 100_000)
+}
+
+pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
+    let cfg = config::load(&p.config)?;
+    let period = p.period;
+    let run_id = new_run_id();
+    let policies = cfg.policies(period, p.invoice_date);
+    let ctx = RunContext { period, run_id: run_id.clone(), mode, policies };
+    let url = cfg.warehouse_url(p.warehouse.as_deref());
+    let span = info_span!("run", period = %period, run_id = %run_id, mode = ?mode);
+    let _g = span.enter();
+    let wh = Warehouse::open(&url, &cfg.warehouse.options)?;
+    if let Some(c) = wh.committed(period)? {
+        if c.closed {
+            let pending = crate::late::pending_for_closed(&cfg, &wh, &ctx)?;
+            println!(
+                "period {period} is closed (run {}): its invoices never change. {pending} adjustment line(s) from late or restated data will be billed by the next open period's run (`cspbill run --period {}`)",
+                c.run_id,
+                period.next()
+            );
+            return Ok(());
+        }
+    }
+    let mut m = Manifest::new(&run_id, &period.to_string(), if mode == RunMode::Close { "close" } else { "nightly" }, &url, chrono::Utc::now().to_rfc3339());
+    m.policies = serde_json::to_value(&ctx.policies)?;
+    m.config.insert("path".into(), cfg.path.display().to_string());
+    m.config.insert("sha256".into(), crate::inputs_sha256(&std::fs::read(&cfg.path).unwrap_or_default()));
+    // The period's lock first: a concurrent run of the same period fails here (exit 1) instead of doing the
+    // work twice. Dropping `txn` on any error below releases it and leaves nothing visible.
+    let mut txn = wh.begin(period, &run_id)?;
+    let mut timer = Timer::new();
+    let refs = load_reference(&cfg, &mut m)?;
+    timer.lap("reference");
+    let adjustments = if stop >= Stop::Invoice {
+        crate::late::adjustments_for(&cfg, &wh, &ctx, &mut m)?
+    } else {
+        DataFrame::empty_with_schema(&schemas::fct_invoice_lines::schema())
+    };
+    let snapshot_dir = cfg.partner_center_location(period);
+    let computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer)?;
+    m.inputs = Value::Array(computed.files.iter().map(file_json).collect());
+
+    // Nothing is written before every invariant holds: a failed run publishes nothing and names the numbers.
+    if let Some(f) = m.failures() {
+        return Err(Failure::invariant(format!("period {period} not published: invariant violated:\n  {f}")).into());
+    }
+    let mut landed = 0;
+    for f in &computed.files {
+        let source = match f.kind {
+            Some(crate::inputs::SourceKind::DailyUsage) => "pc_daily_usage",
+            Some(crate::inputs::SourceKind::InvoiceLines) => "pc_invoice_lines",
+            None => "pc_other",
+        };
+        let bytes = read_input(&f.path, &f.name)?;
+        if wh.land_raw(source, &raw_name(&f.name), &f.sha256, bytes.into())? {
+            landed += 1;
+        }
+    }
+    m.total("raw_files_landed", json!({"new": landed, "already_there": computed.files.len() - landed}));
+    for (table, zone, df) in &computed.tables {
+        let out = txn.write_table(table, *zone, &mut df.clone()).with_context(|| format!("writing `{table}`"))?;
+        m.outputs.push(OutputTable { table: out.table, zone: out.zone, path: out.path, rows: out.rows, bytes: out.bytes, sha256: out.sha256 });
+    }
+    if let Some((invoices, lines, detail)) = &computed.invoices {
+        let tmp = tempfile::tempdir().context("creating a temporary folder for exports")?;
+        let issuer = crate::exports::Issuer::from(&cfg.partner);
+        let written = crate::exports::write_exports(tmp.path(), invoices, lines, detail, &issuer)?;
+        for path in written {
+            let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+            let bytes = std::fs::read(&path).with_context(|| format!("reading export `{}`", path.display()))?;
+            let sha = crate::inputs_sha256(&bytes);
+            let len = bytes.len() as u64;
+            let target = format!("marts/exports/{rel}");
+            txn.put_file(&target, bytes.into())?;
+            m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: len, sha256: sha });
+        }
+    }
+    timer.lap("write");
+    m.timings_ms = timer.laps.clone();
+    m.finished_at = chrono::Utc::now().to_rfc3339();
+    m.status = "committed".into();
+    let close = mode == RunMode::Close && stop == Stop::All;
+    let manifest = serde_json::to_value(&m)?;
+    let commit = txn.commit(manifest, close)?;
+    info!(run_id = %run_id, version = commit.version, outputs = m.outputs.len(), closed = close, "published period {period}");
+    println!(
+        "published {period} (run {run_id}, version {}{}) to {url}: {} table file(s); manifest {}",
+        commit.version,
+        if close { ", closed" } else { "" },
+        m.outputs.len(),
+        commit.manifest
+    );
+    for w in m.warnings.iter().take(10) {
+        eprintln!("warning: {w}");
+    }
+    if m.warnings.len() > 10 {
+        eprintln!("warning: ... and {} more in the manifest", m.warnings.len() - 10);
+    }
+    Ok(())
+}
+
+/// The bytes of an input file as received; a v2 blob (`folder/blob.json.gz`) is read from inside its folder.
+fn read_input(path: &Path, name: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("re-reading input `{name}` for the raw zone"))
+}
+
+/// The file name a raw object is stored under: the input's name with folders flattened.
+fn raw_name(name: &str) -> String {
+    name.replace(['/', '\\'], "__")
+}
+
+/// One input file's statistics as JSON (decimals as exact strings).
+fn file_json(f: &FileStats) -> Value {
+    json!({
+        "name": f.name, "path": f.path.display().to_string(), "sha256": f.sha256, "bytes": f.bytes,
+        "kind": f.kind.map(|k| format!("{k:?}")), "format": f.format,
+        "rows_in": f.rows_in, "staged": f.staged, "rejected": f.rejected, "duplicates": f.duplicates, "set_aside": f.set_aside,
+        "cost_in": f.cost_in.to_string(), "cost_staged": f.cost_staged.to_string(), "cost_rejected": f.cost_rejected.to_string(),
+        "cost_duplicates": f.cost_duplicates.to_string(), "cost_set_aside": f.cost_set_aside.to_string(),
+        "rounded_values": f.rounded_values, "padded_sku_ids": f.padded_sku_ids, "unknown_columns": f.unknown_columns,
+    })
+}
+
+/// A small frame as JSON rows for the manifest (decimals as exact strings).
+pub fn frame_json(df: &DataFrame) -> Result<Value> {
+    let mut rows = Vec::new();
+    for i in 0..df.height().min(1000) {
+        let mut obj = serde_json::Map::new();
+        for c in df.columns() {
+            let v = c.get(i)?;
+            let j = match &v {
+                AnyValue::Null => Value::Null,
+                AnyValue::Decimal(..) => Value::String(pipeline::decimal::any_to_decimal(&v).map(|d| d.to_string()).unwrap_or_default()),
+                AnyValue::Int64(x) => (*x).into(),
+                AnyValue::Int32(x) => (*x).into(),
+                AnyValue::UInt32(x) => (*x).into(),
+                AnyValue::UInt64(x) => (*x).into(),
+                AnyValue::Boolean(b) => (*b).into(),
+                other => Value::String(other.str_value().to_string()),
+            };
+            obj.insert(c.name().to_string(), j);
+        }
+        rows.push(Value::Object(obj));
+    }
+    Ok(Value::Array(rows))
 }
 
 pub fn anomalies(_p: &PeriodArgs, _fail_on: Option<Severity>) -> Result<()> {
-    Err(crate::error::Failure::usage("`anomalies` is not built yet").into())
+    Err(Failure::usage("`anomalies` is not built yet: the anomaly monitors (DESIGN §5) are planned; `cspbill run` writes invoices and the tag-compliance table").into())
 }
