@@ -79,7 +79,6 @@ impl CsvOut {
             } else {
                 "\n".into()
             })
-            .n_threads(1)
             .batched(&schema)?;
         Ok(Self {
             path: path.display().to_string(),

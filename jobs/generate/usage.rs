@@ -7,6 +7,7 @@
 //! per customer (budgets), so nothing but those sums is kept in memory.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Result;
@@ -160,8 +161,15 @@ pub fn write_usage(
     let per_month_qty =
         (Decimal::ONE / days_dec).round_dp_with_strategy(9, RoundingStrategy::MidpointNearestEven);
 
+    // A progress bar per day of the month, only when a person is watching (stderr is a terminal).
+    let progress = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(u64::from(days)).with_message("usage days")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut uri = String::with_capacity(256);
     for d in 1..=days {
+        progress.inc(1);
         let usage_date = mdy(world.day(d));
         for c in &world.customers {
             let out = &mut outs
@@ -303,5 +311,6 @@ pub fn write_usage(
     for (_, out) in outs {
         out.finish()?;
     }
+    progress.finish_and_clear();
     Ok(sums)
 }
