@@ -378,3 +378,96 @@ fn usage_and_invoice_follow_microsoft_layout_and_arithmetic() {
     );
     assert!(daily_total - azure_subtotal < Decimal::from(azure_lines) * d("0.02") + d("0.01"));
 }
+
+#[test]
+fn anomalies_are_planted() {
+    use std::collections::BTreeSet;
+    let period_end = chrono::NaiveDate::from_ymd_opt(2025, 6, 30).unwrap();
+    let mdy = |s: &str| chrono::NaiveDate::parse_from_str(s, "%m/%d/%Y").unwrap();
+    let mut days_per_sub = BTreeMap::<String, BTreeSet<chrono::NaiveDate>>::new();
+    let mut first_seen = BTreeMap::<String, (String, chrono::NaiveDate)>::new();
+    let mut cost_per_customer = BTreeMap::<String, Decimal>::new();
+    let mut tagged_per_sub = BTreeMap::<String, (Decimal, Decimal)>::new();
+    for path in inputs("BilledUsage") {
+        let (h, rows) = read_text(&path);
+        let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+        for r in &rows {
+            let date = mdy(&r[col("UsageDate")]);
+            let sub = r[col("EntitlementId")].clone();
+            let cost = d(&r[col("BillingPreTaxTotal")]);
+            days_per_sub.entry(sub.clone()).or_default().insert(date);
+            let e = first_seen
+                .entry(r[col("ResourceURI")].clone())
+                .or_insert((r[col("CustomerId")].clone(), date));
+            e.1 = e.1.min(date);
+            *cost_per_customer
+                .entry(r[col("CustomerId")].clone())
+                .or_default() += cost;
+            let t = tagged_per_sub.entry(sub).or_default();
+            t.1 += cost;
+            if !r[col("Tags")].is_empty() {
+                t.0 += cost;
+            }
+        }
+    }
+    // Usage gap: a subscription with usage before and after some missing days.
+    let gaps = days_per_sub.values().filter(|days| {
+        let (a, b) = (*days.first().unwrap(), *days.last().unwrap());
+        (b - a).num_days() + 1 > days.len() as i64
+    });
+    assert_eq!(gaps.count(), 1, "one subscription has a usage gap");
+    // Deployment spike: one customer has at least 10 new resources on a day after the 1st.
+    let mut new_per_day = BTreeMap::<(String, chrono::NaiveDate), usize>::new();
+    for (customer, day) in first_seen
+        .values()
+        .filter(|(_, d)| d.format("%d").to_string() != "01")
+    {
+        *new_per_day.entry((customer.clone(), *day)).or_default() += 1;
+    }
+    assert!(new_per_day.values().any(|n| *n >= 10), "{new_per_day:?}");
+    // Low tag compliance: a subscription with less than 75 % of its cost on tagged resources.
+    assert!(
+        tagged_per_sub
+            .values()
+            .any(|(tagged, all)| *tagged < *all * d("0.75"))
+    );
+    // Idle VM: 7 or more consecutive days under 10 % CPU.
+    let (h, rows) = read_text(&sample().join("reference/utilization.csv"));
+    let (uri, date, cpu) = (
+        h.iter().position(|x| x == "resource_uri").unwrap(),
+        h.iter().position(|x| x == "date").unwrap(),
+        h.iter().position(|x| x == "cpu_avg_pct").unwrap(),
+    );
+    let mut low_days = BTreeMap::<String, usize>::new();
+    for r in &rows {
+        assert!(
+            first_seen.contains_key(&r[uri]),
+            "utilization names a resource of the usage files: {}",
+            r[uri]
+        );
+        assert!(!r[date].is_empty());
+        if d(&r[cpu]) < d("10") {
+            *low_days.entry(r[uri].clone()).or_default() += 1;
+        }
+    }
+    assert!(low_days.values().any(|n| *n >= 7));
+    // Unused seats: activity older than 30 days, or none.
+    let (h, rows) = read_text(&sample().join("reference/license_activity.csv"));
+    let last = h.iter().position(|x| x == "last_activity_date").unwrap();
+    let unused = rows.iter().filter(|r| {
+        r[last].is_empty()
+            || (period_end - chrono::NaiveDate::parse_from_str(&r[last], "%Y-%m-%d").unwrap())
+                .num_days()
+                > 30
+    });
+    assert!(unused.count() >= 3);
+    // Budget overrun and spend cap: below the month's cost even before any markup (same currency here).
+    let (h, rows) = read_text(&sample().join("reference/customers.csv"));
+    let c = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let holding = &rows[0];
+    assert_eq!(holding[c("invoice_currency")], "EUR");
+    assert!(d(&holding[c("monthly_budget")]) < cost_per_customer[&holding[c("customer_id")]]);
+    let trial = rows.iter().find(|r| r[c("template")] == "trial").unwrap();
+    assert_eq!(trial[c("invoice_currency")], "USD");
+    assert!(d(&trial[c("spend_cap")]) < cost_per_customer[&trial[c("customer_id")]]);
+}
