@@ -28,7 +28,7 @@ fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data")
 }
 
-/// Every file under `dir`, relative, sorted; the README and a local warehouse are not generated.
+/// Every file under `dir`, relative, sorted; the README, `.gitattributes` and a local warehouse are not generated.
 fn files(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -38,7 +38,7 @@ fn files(dir: &Path) -> Vec<String> {
                 .unwrap()
                 .to_string_lossy()
                 .replace('\\', "/");
-            if rel == "README.md" || rel.starts_with("warehouse") {
+            if rel == "README.md" || rel == ".gitattributes" || rel.starts_with("warehouse") {
                 continue;
             }
             if p.is_dir() {
