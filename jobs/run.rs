@@ -66,7 +66,7 @@ impl RefFrames {
 }
 
 /// Reads the config's reference files and validates the tables whose rules span rows.
-pub fn load_reference(cfg: &Config, m: &mut Manifest) -> Result<RefFrames> {
+pub fn load_reference(cfg: &Config, period: pipeline::Period, m: &mut Manifest) -> Result<RefFrames> {
     let r = crate::reference::load(cfg)?;
     let tag_file = cfg.inputs.tag_rules.as_deref().map(|p| cfg.resolve(p)).unwrap_or_else(|| "tag_rules.csv".into());
     let unit_file = cfg.inputs.org_units.as_deref().map(|p| cfg.resolve(p)).unwrap_or_else(|| "org_units.csv".into());
@@ -74,6 +74,13 @@ pub fn load_reference(cfg: &Config, m: &mut Manifest) -> Result<RefFrames> {
         .map_err(config_failure)?;
     let rate_cards =
         pipeline::rate::validate_rate_cards(&r.rate_cards, &cfg.resolve(&cfg.inputs.rate_cards)).map_err(config_failure)?;
+    // Manual lines are staged with the period they bill, so a period's partition holds its own lines only.
+    let manual_lines = r
+        .manual_lines
+        .clone()
+        .lazy()
+        .filter(col(schemas::stg_manual_lines::period).eq(lit(period.to_string())))
+        .collect()?;
     m.reference_files = serde_json::to_value(&r.files)?;
     m.warnings.extend(r.warnings.iter().cloned());
     Ok(RefFrames {
@@ -82,7 +89,7 @@ pub fn load_reference(cfg: &Config, m: &mut Manifest) -> Result<RefFrames> {
         rate_cards,
         tag_rules,
         fx_rates: r.fx_rates,
-        manual_lines: r.manual_lines,
+        manual_lines,
         psa_time: r.psa_time,
         license_activity: r.license_activity,
         utilization: r.utilization,
@@ -415,7 +422,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     // work twice. Dropping `txn` on any error below releases it and leaves nothing visible.
     let mut txn = wh.begin(period, &run_id)?;
     let mut timer = Timer::new();
-    let refs = load_reference(&cfg, &mut m)?;
+    let refs = load_reference(&cfg, period, &mut m)?;
     timer.lap("reference");
     let adjustments = if stop >= Stop::Invoice {
         crate::late::adjustments_for(&cfg, &wh, &ctx, &mut m)?

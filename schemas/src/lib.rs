@@ -275,7 +275,7 @@ table!(
     fct_invoices, Zone::Marts, {
     invoice_number: Str, period: Str, customer_id: Str, customer_name: Str, currency: Str, template: Str,
     status: Str, issuer: Str, invoice_date: Date, due_date: Date, line_count: Int, subtotal: Dec, tax: Dec,
-    total: Dec, cost: Dec, margin: Dec, unpriced_charges: Int, run_id: Str,
+    total: Dec, cost: Dec, margin: Dec, unpriced_charges: Int,
 });
 
 table!(

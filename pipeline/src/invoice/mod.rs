@@ -1155,7 +1155,6 @@ fn invoices_frame(
         push(fi::template, c.map(|c| c.template.clone()));
         push(fi::status, Some(status.into()));
         push(fi::issuer, Some(ctx.policies.issuer.clone()));
-        push(fi::run_id, Some(ctx.run_id.clone()));
         let mut dpush =
             |name: &'static str, v: Decimal| decs.entry(name).or_default().push(Some(v));
         dpush(fi::subtotal, t.subtotal);

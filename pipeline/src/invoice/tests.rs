@@ -593,11 +593,10 @@ fn close_mode_makes_final_invoices() {
                 fi::status,
                 fi::issuer,
                 fi::invoice_date,
-                fi::due_date,
-                fi::run_id
+                fi::due_date
             ]
         ),
-        vec!["final | Northwind MSP | 2025-07-08 | 2025-08-07 | test"]
+        vec!["final | Northwind MSP | 2025-07-08 | 2025-08-07"]
     );
 }
 
