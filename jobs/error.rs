@@ -43,7 +43,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             };
         }
         if let Some(p) = cause.downcast_ref::<pipeline::PipelineError>() {
-            return if p.is_config() { 2 } else if matches!(p, pipeline::PipelineError::Invariant { .. }) { 1 } else { 2 };
+            return if p.is_config() {
+                2
+            } else if matches!(p, pipeline::PipelineError::Invariant { .. }) {
+                1
+            } else {
+                2
+            };
         }
     }
     2
