@@ -15,8 +15,8 @@
 //! 4. After the commit point the run *publishes* for readers without cspbill: each file is copied to its Hive
 //!    path `zone/TABLE/period=P/part-0.parquet` (one object per table and period, replaced by a single atomic
 //!    PUT/copy, skipped when its bytes did not change), files of the previous version that the new one lacks are
-//!    deleted, the manifest is written to `_runs/<run>.json`, and `_commits/period=P/v<N+1>.published` marks the step done. A run killed during this step is
-//!    rolled forward by the next `begin` of the period, which holds the lock.
+//!    deleted, the manifest is written to `_runs/<run>.json`, and `_commits/period=P/v<N+1>.published` marks the
+//!    step done. A run killed during this step is rolled forward by the next `begin` of the period (under the lock).
 //! 5. Data of runs older than the previous committed one is deleted; the lock is released.
 //!
 //! cspbill itself reads through the pointer (`read_table` opens the immutable run-unique data file), so it sees
