@@ -15,8 +15,8 @@
 //! 4. After the commit point the run *publishes* for readers without cspbill: each file is copied to its Hive
 //!    path `zone/TABLE/period=P/part-0.parquet` (one object per table and period, replaced by a single atomic
 //!    PUT/copy, skipped when its bytes did not change), files of the previous version that the new one lacks are
-//!    deleted, the manifest is written to `_runs/<run>.json`, and `_commits/period=P/v<N+1>.published` marks the step done. A run killed during this step is
-//!    rolled forward by the next `begin` of the period, which holds the lock.
+//!    deleted, the manifest is written to `_runs/<run>.json`, and `_commits/period=P/v<N+1>.published` marks the
+//!    step done. A run killed during this step is rolled forward by the next `begin` of the period (under the lock).
 //! 5. Data of runs older than the previous committed one is deleted; the lock is released.
 //!
 //! cspbill itself reads through the pointer (`read_table` opens the immutable run-unique data file), so it sees
@@ -35,12 +35,13 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode,
+    PutOptions, PutPayload, RetryConfig,
 };
 use pipeline::Period;
 use polars::prelude::{
-    Column, DataFrame, DataType, LazyFrame, ParquetCompression, ParquetReader, ParquetWriter, SerReader,
+    Column, DataFrame, DataType, LazyFrame, ParquetCompression, ParquetReader, ParquetWriter,
+    SerReader,
 };
 use schemas::Zone;
 use serde::{Deserialize, Serialize};
@@ -138,13 +139,19 @@ pub struct Txn {
 
 impl fmt::Debug for Warehouse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Warehouse").field("url", &self.inner.url).finish()
+        f.debug_struct("Warehouse")
+            .field("url", &self.inner.url)
+            .finish()
     }
 }
 
 impl fmt::Debug for Txn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Txn").field("period", &self.period).field("run_id", &self.run_id).field("files", &self.files.len()).finish()
+        f.debug_struct("Txn")
+            .field("period", &self.period)
+            .field("run_id", &self.run_id)
+            .field("files", &self.files.len())
+            .finish()
     }
 }
 
@@ -168,13 +175,18 @@ impl Warehouse {
         };
         // Reachability: listing the root fails for a missing bucket or container, bad credentials or a store
         // that is down (after the retries in `retry_config`), and succeeds on an empty warehouse.
-        inner.rt.block_on(inner.store.list_with_delimiter(None)).map_err(|e| {
-            Failure::usage(format!(
-                "cannot reach the warehouse `{url}`: {e}; {}",
-                what_to_check(url)
-            ))
-        })?;
-        Ok(Self { inner: Arc::new(inner) })
+        inner
+            .rt
+            .block_on(inner.store.list_with_delimiter(None))
+            .map_err(|e| {
+                Failure::usage(format!(
+                    "cannot reach the warehouse `{url}`: {e}; {}",
+                    what_to_check(url)
+                ))
+            })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Sets the age after which a lock held by a process this host cannot check counts as stale.
@@ -212,7 +224,9 @@ impl Warehouse {
             finished: false,
         };
         // From here on, dropping `txn` on an error releases the lock.
-        let (base, published) = wh.latest(period)?.map_or((None, true), |(c, p)| (Some(c), p));
+        let (base, published) = wh
+            .latest(period)?
+            .map_or((None, true), |(c, p)| (Some(c), p));
         if let Some(b) = &base
             && !published
         {
@@ -245,7 +259,12 @@ impl Warehouse {
 
     /// Reads a table of one given commit: several tables read through one `Commit` come from one run. The data
     /// of a commit stays readable until two newer commits of the period exist.
-    pub fn read_commit_table(&self, commit: &Commit, table: &str, zone: Zone) -> Result<Option<DataFrame>> {
+    pub fn read_commit_table(
+        &self,
+        commit: &Commit,
+        table: &str,
+        zone: Zone,
+    ) -> Result<Option<DataFrame>> {
         check_segment("table name", table)?;
         let period: Period = commit
             .period
@@ -266,7 +285,12 @@ impl Warehouse {
         }
         let mut df = ParquetReader::new(std::io::Cursor::new(bytes))
             .finish()
-            .with_context(|| format!("reading `{}` from warehouse `{}`", entry.data, self.inner.url))?;
+            .with_context(|| {
+                format!(
+                    "reading `{}` from warehouse `{}`",
+                    entry.data, self.inner.url
+                )
+            })?;
         if let Some(idx) = entry.period_column {
             let col = Column::new(PERIOD_COLUMN.into(), vec![period.to_string(); df.height()]);
             df.insert_column(idx, col)
@@ -293,7 +317,11 @@ impl Warehouse {
     pub fn land_raw(&self, source: &str, name: &str, sha256: &str, bytes: Bytes) -> Result<bool> {
         check_segment("raw source", source)?;
         check_segment("input file name", name)?;
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(Failure::usage(format!(
                 "`{sha256}` is not a lower-case hex SHA-256; pass the digest of `{name}`"
             ))
@@ -339,7 +367,12 @@ impl Txn {
 
     /// Writes one table of the period (zstd Parquet, without the `period` column, which the Hive path carries)
     /// under the run's private prefix. Published by `commit` at `zone/TABLE/period=P/part-0.parquet`.
-    pub fn write_table(&mut self, table: &str, zone: Zone, df: &mut DataFrame) -> Result<TableOutput> {
+    pub fn write_table(
+        &mut self,
+        table: &str,
+        zone: Zone,
+        df: &mut DataFrame,
+    ) -> Result<TableOutput> {
         check_segment("table name", table)?;
         if zone == Zone::Raw {
             return Err(Failure::invariant(format!(
@@ -372,7 +405,13 @@ impl Txn {
             .finish(&mut body)
             .with_context(|| format!("encoding table `{table}` as Parquet"))?;
         let path = table_path(table, zone, period);
-        let entry = self.stage(&path, Bytes::from(buf), Some((table, zone)), Some(rows), period_column)?;
+        let entry = self.stage(
+            &path,
+            Bytes::from(buf),
+            Some((table, zone)),
+            Some(rows),
+            period_column,
+        )?;
         Ok(TableOutput {
             table: table.to_string(),
             zone: zone.dir().to_string(),
@@ -385,8 +424,15 @@ impl Txn {
 
     /// Writes a table given as a lazy plan. The plan is collected in memory: a billing period's tables fit, and
     /// the file must be hashed and written whole anyway.
-    pub fn write_table_lazy(&mut self, table: &str, zone: Zone, lf: LazyFrame) -> Result<TableOutput> {
-        let mut df = lf.collect().with_context(|| format!("computing table `{table}`"))?;
+    pub fn write_table_lazy(
+        &mut self,
+        table: &str,
+        zone: Zone,
+        lf: LazyFrame,
+    ) -> Result<TableOutput> {
+        let mut df = lf
+            .collect()
+            .with_context(|| format!("computing table `{table}`"))?;
         self.write_table(table, zone, &mut df)
     }
 
@@ -427,7 +473,9 @@ impl Txn {
     /// readers without cspbill and `_runs/<run>.json`, then cleanup of data two runs old, then the lock is released.
     pub fn commit(self, manifest: serde_json::Value, close: bool) -> Result<Commit> {
         let commit = self.commit_until(manifest, close, None)?;
-        commit.ok_or_else(|| anyhow::anyhow!("commit stopped without a crash point (bug in `Txn::commit`)"))
+        commit.ok_or_else(|| {
+            anyhow::anyhow!("commit stopped without a crash point (bug in `Txn::commit`)")
+        })
     }
 
     /// `commit`, stopping dead at `crash` as a killed process would (lock and files left as they are). For the
@@ -582,7 +630,10 @@ impl Inner {
         };
         match self.block(self.store.put_opts(&p, PutPayload::from_bytes(bytes), opts)) {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
             Err(e) => Err(self.store_err("creating", path, e)),
         }
     }
@@ -649,7 +700,9 @@ impl Inner {
         let Some(c) = self.read_version(period, v)? else {
             return Ok(None);
         };
-        let published = self.get_opt(&version_path(period, v, "published"))?.is_some();
+        let published = self
+            .get_opt(&version_path(period, v, "published"))?
+            .is_some();
         Ok(Some((c, published)))
     }
 
@@ -668,7 +721,10 @@ impl Inner {
             .map(|b| b.files.iter().map(|f| (f.path.as_str(), f)).collect())
             .unwrap_or_default();
         for f in &commit.files {
-            if old.get(f.path.as_str()).is_some_and(|o| o.sha256 == f.sha256) {
+            if old
+                .get(f.path.as_str())
+                .is_some_and(|o| o.sha256 == f.sha256)
+            {
                 continue;
             }
             if budget == 0 {
@@ -679,7 +735,8 @@ impl Inner {
             self.block(self.store.copy(&from, &to))
                 .map_err(|e| self.store_err("publishing", &f.path, e))?;
         }
-        let text = serde_json::to_vec_pretty(&commit.manifest_json).context("serialising the run manifest")?;
+        let text = serde_json::to_vec_pretty(&commit.manifest_json)
+            .context("serialising the run manifest")?;
         self.put_overwrite(&commit.manifest, Bytes::from(text))?;
         let new: BTreeSet<&str> = commit.files.iter().map(|f| f.path.as_str()).collect();
         for path in old.keys().filter(|p| !new.contains(*p)) {
@@ -692,7 +749,10 @@ impl Inner {
         if budget == 0 {
             return Ok(false);
         }
-        self.put_overwrite(&version_path(period, commit.version, "published"), Bytes::new())?;
+        self.put_overwrite(
+            &version_path(period, commit.version, "published"),
+            Bytes::new(),
+        )?;
         Ok(true)
     }
 
@@ -724,7 +784,9 @@ impl Inner {
             if self.put_create(&path, body.clone())? {
                 return Ok(());
             }
-            let Some(bytes) = self.get_opt(&path)? else { continue };
+            let Some(bytes) = self.get_opt(&path)? else {
+                continue;
+            };
             let holder: Option<LockInfo> = serde_json::from_slice(&bytes).ok();
             match holder {
                 Some(h) if !self.is_stale(&h) => {
@@ -774,9 +836,9 @@ impl Inner {
 
 /// Builds the store for a URL or a local folder, rooted at the URL's prefix.
 fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
-    let is_url = url
-        .split_once("://")
-        .is_some_and(|(s, _)| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'));
+    let is_url = url.split_once("://").is_some_and(|(s, _)| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+    });
     if !is_url || url.starts_with("file://") {
         let dir = url.strip_prefix("file://").unwrap_or(url);
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -805,10 +867,15 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
     let retry = retry_config();
     // Timeouts, unless the environment or the options set them. Not `with_client_options`: that would drop the
     // client settings `from_env` read (`AWS_ALLOW_HTTP`, proxies, ...).
-    let timeouts = [(ClientConfigKey::ConnectTimeout, "5s"), (ClientConfigKey::Timeout, "120s")];
+    let timeouts = [
+        (ClientConfigKey::ConnectTimeout, "5s"),
+        (ClientConfigKey::Timeout, "120s"),
+    ];
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url).with_retry(retry);
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_retry(retry);
             for (k, v) in timeouts {
                 let k = object_store::aws::AmazonS3ConfigKey::Client(k);
                 if b.get_config_value(&k).is_none() {
@@ -818,14 +885,17 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
             for (k, v) in options {
                 b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
             }
-            Arc::new(
-                b.build().map_err(|e| {
-                    Failure::usage(format!("cannot configure S3 for `{url}`: {e}; {}", what_to_check(url)))
-                })?,
-            )
+            Arc::new(b.build().map_err(|e| {
+                Failure::usage(format!(
+                    "cannot configure S3 for `{url}`: {e}; {}",
+                    what_to_check(url)
+                ))
+            })?)
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url).with_retry(retry);
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .with_retry(retry);
             for (k, v) in timeouts {
                 let k = object_store::azure::AzureConfigKey::Client(k);
                 if b.get_config_value(&k).is_none() {
@@ -843,7 +913,9 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
             })?)
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url).with_retry(retry);
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_retry(retry);
             for (k, v) in timeouts {
                 let k = object_store::gcp::GoogleConfigKey::Client(k);
                 if b.get_config_value(&k).is_none() {
@@ -854,7 +926,10 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
                 b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
             }
             Arc::new(b.build().map_err(|e| {
-                Failure::usage(format!("cannot configure GCS for `{url}`: {e}; {}", what_to_check(url)))
+                Failure::usage(format!(
+                    "cannot configure GCS for `{url}`: {e}; {}",
+                    what_to_check(url)
+                ))
             })?)
         }
         other => {

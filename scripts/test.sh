@@ -33,10 +33,11 @@ LOG="$TMP/cargo-test.log"
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?
 
-# The summary: one line per test binary, then the total.
+# The summary: one line per test binary, then the total, after the servers' own messages.
+if [[ "${CSPBILL_TEST_SERVERS:-1}" != 0 ]]; then stop_servers; trap - EXIT; fi
 echo
 echo "== summary"
 grep -E '^test result:|^\s+Running |^\s+Doc-tests ' "$LOG" | paste - - | sed -E 's/^\s+(Running|Doc-tests) //' || true
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) ig += $i } }
-     END { printf "%d passed, %d failed, %d skipped\n", p, f, ig }' "$LOG"
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, ig }' "$LOG" | tee "$TMP/summary.txt"
 exit "$status"

@@ -49,14 +49,19 @@ fn zone(i: usize) -> Zone {
 fn table(i: usize, tag: &str) -> DataFrame {
     let seed: usize = tag.bytes().map(usize::from).sum();
     let n = 20 + (seed * 7 + i * 3) % 40;
-    let amounts: Vec<String> = (0..n).map(|k| format!("{k}.{:018}", (k * 37 + seed) % 1000)).collect();
+    let amounts: Vec<String> = (0..n)
+        .map(|k| format!("{k}.{:018}", (k * 37 + seed) % 1000))
+        .collect();
     let df = df!(
         "k" => (0..n as i64).collect::<Vec<_>>(),
         "run_tag" => vec![tag; n],
         "amount" => amounts,
     )
     .unwrap();
-    df.lazy().with_column(col("amount").cast(schemas::money())).collect().unwrap()
+    df.lazy()
+        .with_column(col("amount").cast(schemas::money()))
+        .collect()
+        .unwrap()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,13 +97,23 @@ fn fault_child() {
     let c = write_run(&wh, "whole").unwrap();
     assert_eq!(c.files.len(), TABLES);
     for i in 0..TABLES {
-        let back = wh.read_table(&table_name(i), zone(i), period()).unwrap().unwrap();
-        assert_eq!(frame_to_sorted_csv(&back), frame_to_sorted_csv(&table(i, "whole")));
+        let back = wh
+            .read_table(&table_name(i), zone(i), period())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            frame_to_sorted_csv(&back),
+            frame_to_sorted_csv(&table(i, "whole"))
+        );
     }
 }
 
 fn spawn_child(b: &common::Backend, run_id: &str) -> std::process::Child {
-    let args = ChildArgs { url: b.url.clone(), options: BTreeMap::new(), run_id: run_id.to_string() };
+    let args = ChildArgs {
+        url: b.url.clone(),
+        options: BTreeMap::new(),
+        run_id: run_id.to_string(),
+    };
     Command::new(std::env::current_exe().unwrap())
         .envs(common::child_env(b))
         .args(["--exact", "fault_child", "--nocapture", "--test-threads=1"])
@@ -125,16 +140,32 @@ fn glob_view(wh: &Warehouse) -> BTreeMap<String, String> {
 }
 
 fn expected_view(c: &Commit) -> BTreeMap<String, String> {
-    c.files.iter().map(|f| (f.path.clone(), f.sha256.clone())).collect()
+    c.files
+        .iter()
+        .map(|f| (f.path.clone(), f.sha256.clone()))
+        .collect()
 }
 
 /// Checks one Hive file is a whole table of one run.
 fn check_whole(i: usize, bytes: bytes::Bytes) {
-    let df = ParquetReader::new(std::io::Cursor::new(bytes)).finish().expect("a listed Hive file parses whole");
-    let tag = df.column("run_tag").unwrap().str().unwrap().get(0).unwrap().to_string();
+    let df = ParquetReader::new(std::io::Cursor::new(bytes))
+        .finish()
+        .expect("a listed Hive file parses whole");
+    let tag = df
+        .column("run_tag")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_string();
     let mut want = table(i, &tag);
     // The Hive file is written without `period` (there is none here) and exactly as the run produced it.
-    assert_eq!(frame_to_sorted_csv(&df), frame_to_sorted_csv(&mut want), "table t{i}: partial or mixed file");
+    assert_eq!(
+        frame_to_sorted_csv(&df),
+        frame_to_sorted_csv(&mut want),
+        "table t{i}: partial or mixed file"
+    );
 }
 
 /// Reader loop: glob view whole-file checks and pointer consistency, until `stop`.
@@ -154,11 +185,23 @@ fn reader(wh: Arc<Warehouse>, stop: Arc<AtomicBool>, checks: Arc<AtomicUsize>) {
             for i in 0..TABLES {
                 // The data of a commit can be collected once two newer commits exist: then re-read the pointer.
                 match wh.read_commit_table(&c, &table_name(i), zone(i)) {
-                    Ok(Some(df)) => tags.push(df.column("run_tag").unwrap().str().unwrap().get(0).unwrap().to_string()),
+                    Ok(Some(df)) => tags.push(
+                        df.column("run_tag")
+                            .unwrap()
+                            .str()
+                            .unwrap()
+                            .get(0)
+                            .unwrap()
+                            .to_string(),
+                    ),
                     _ => break,
                 }
             }
-            assert!(tags.iter().all(|t| *t == c.run_id), "tables of one pointer from different runs: {tags:?} vs {}", c.run_id);
+            assert!(
+                tags.iter().all(|t| *t == c.run_id),
+                "tables of one pointer from different runs: {tags:?} vs {}",
+                c.run_id
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -166,8 +209,14 @@ fn reader(wh: Arc<Warehouse>, stop: Arc<AtomicBool>, checks: Arc<AtomicUsize>) {
 
 #[test]
 fn sigkill_at_random_points_never_shows_a_partial_period() {
-    let iterations: usize = std::env::var("CSPBILL_FAULT_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed: u64 = std::env::var("CSPBILL_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20240301);
+    let iterations: usize = std::env::var("CSPBILL_FAULT_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("CSPBILL_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20240301);
     let clean = {
         let b = common::local();
         let wh = Warehouse::open(&b.url, &b.options).unwrap();
@@ -179,9 +228,16 @@ fn sigkill_at_random_points_never_shows_a_partial_period() {
         // How long an undisturbed child run takes, to spread the kills over all of it.
         let start = Instant::now();
         let status = spawn_child(&b, "k-base").wait().unwrap();
-        assert!(status.success(), "{}: an undisturbed child run succeeds", b.name);
+        assert!(
+            status.success(),
+            "{}: an undisturbed child run succeeds",
+            b.name
+        );
         let full = start.elapsed();
-        let (stop, checks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (stop, checks) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
         let reader = {
             let (wh, stop, checks) = (Arc::clone(&wh), Arc::clone(&stop), Arc::clone(&checks));
             std::thread::spawn(move || reader(wh, stop, checks))
@@ -204,24 +260,47 @@ fn sigkill_at_random_points_never_shows_a_partial_period() {
             // The next run's `begin` recovers; the Hive files then equal the committed pointer exactly. (Read the
             // pointer after `begin`: a request the killed process had already sent may still land on the server.)
             let pre_view = glob_view(&wh);
-            let probe = wh.begin(period(), &format!("probe{it}")).unwrap_or_else(|e| panic!("{} it {it}: {e:#}", b.name));
+            let probe = wh
+                .begin(period(), &format!("probe{it}"))
+                .unwrap_or_else(|e| panic!("{} it {it}: {e:#}", b.name));
             let after = wh.committed(period()).unwrap().unwrap();
-            assert!(after == before || after.run_id == run_id, "{} it {it}: committed run is `{}`", b.name, after.run_id);
+            assert!(
+                after == before || after.run_id == run_id,
+                "{} it {it}: committed run is `{}`",
+                b.name,
+                after.run_id
+            );
             committed_by_child += usize::from(after.run_id == run_id);
             rolled_forward += usize::from(pre_view != expected_view(&after));
-            assert_eq!(glob_view(&wh), expected_view(&after), "{} it {it} (delay {delay} ms)", b.name);
+            assert_eq!(
+                glob_view(&wh),
+                expected_view(&after),
+                "{} it {it} (delay {delay} ms)",
+                b.name
+            );
             drop(probe);
         }
         let last = write_run(&wh, "final").unwrap();
         stop.store(true, Ordering::Relaxed);
-        reader.join().expect("the reader saw only whole tables of one run");
-        assert_eq!(expected_view(&last), clean, "{}: the final run equals a clean run", b.name);
+        reader
+            .join()
+            .expect("the reader saw only whole tables of one run");
+        assert_eq!(
+            expected_view(&last),
+            clean,
+            "{}: the final run equals a clean run",
+            b.name
+        );
         assert_eq!(glob_view(&wh), clean, "{}", b.name);
         eprintln!(
             "{}: {iterations} runs, {killed} killed, {finished} finished, {committed_by_child} committed, {rolled_forward} rolled forward by the next run, {} reader checks, seed {seed}",
             b.name,
             checks.load(Ordering::Relaxed)
         );
-        assert!(killed >= iterations / 2, "{}: most runs were killed ({killed})", b.name);
+        assert!(
+            killed >= iterations / 2,
+            "{}: most runs were killed ({killed})",
+            b.name
+        );
     }
 }

@@ -29,7 +29,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A prefix no other test (or earlier run against the same server) uses.
 pub fn unique(name: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{name}-{}-{nanos}-{n}", std::process::id())
 }
 
@@ -53,7 +56,12 @@ fn endpoint(var: &str, required_in_ci: bool) -> Option<String> {
 pub fn local() -> Backend {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("warehouse");
-    Backend { name: "local", url: root.to_string_lossy().into_owned(), options: BTreeMap::new(), dir: Some(dir) }
+    Backend {
+        name: "local",
+        url: root.to_string_lossy().into_owned(),
+        options: BTreeMap::new(),
+        dir: Some(dir),
+    }
 }
 
 pub fn s3_options(endpoint: &str) -> BTreeMap<String, String> {
@@ -72,13 +80,17 @@ pub fn s3_options(endpoint: &str) -> BTreeMap<String, String> {
 
 /// Azurite's well-known development account.
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 pub fn azure_options(endpoint: &str) -> BTreeMap<String, String> {
     [
         ("azure_storage_account_name", AZURITE_ACCOUNT.to_string()),
         ("azure_storage_account_key", AZURITE_KEY.to_string()),
-        ("azure_storage_endpoint", format!("{endpoint}/{AZURITE_ACCOUNT}")),
+        (
+            "azure_storage_endpoint",
+            format!("{endpoint}/{AZURITE_ACCOUNT}"),
+        ),
         ("azure_allow_http", "true".to_string()),
     ]
     .into_iter()
@@ -95,7 +107,10 @@ pub fn gcs_options(endpoint: &str) -> BTreeMap<String, String> {
         "private_key": "",
         "private_key_id": "",
     });
-    BTreeMap::from([("google_service_account_key".to_string(), sa.to_string()), ("allow_http".to_string(), "true".to_string())])
+    BTreeMap::from([
+        ("google_service_account_key".to_string(), sa.to_string()),
+        ("allow_http".to_string(), "true".to_string()),
+    ])
 }
 
 /// Every backend available, each at a fresh prefix.
@@ -103,13 +118,28 @@ pub fn backends(name: &str) -> Vec<Backend> {
     let mut out = vec![local()];
     let prefix = unique(name);
     if let Some(ep) = endpoint("CSPBILL_TEST_S3", true) {
-        out.push(Backend { name: "s3", url: format!("s3://{S3_BUCKET}/{prefix}"), options: s3_options(&ep), dir: None });
+        out.push(Backend {
+            name: "s3",
+            url: format!("s3://{S3_BUCKET}/{prefix}"),
+            options: s3_options(&ep),
+            dir: None,
+        });
     }
     if let Some(ep) = endpoint("CSPBILL_TEST_AZURITE", true) {
-        out.push(Backend { name: "azure", url: format!("az://{AZ_CONTAINER}/{prefix}"), options: azure_options(&ep), dir: None });
+        out.push(Backend {
+            name: "azure",
+            url: format!("az://{AZ_CONTAINER}/{prefix}"),
+            options: azure_options(&ep),
+            dir: None,
+        });
     }
     if let Some(ep) = endpoint("CSPBILL_TEST_GCS", false) {
-        out.push(Backend { name: "gcs", url: format!("gs://{GCS_BUCKET}/{prefix}"), options: gcs_options(&ep), dir: None });
+        out.push(Backend {
+            name: "gcs",
+            url: format!("gs://{GCS_BUCKET}/{prefix}"),
+            options: gcs_options(&ep),
+            dir: None,
+        });
     }
     out
 }
@@ -117,19 +147,32 @@ pub fn backends(name: &str) -> Vec<Backend> {
 /// The environment a child process (the `cspbill` binary) needs to reach a backend without any option in its
 /// config: each object_store option as the cloud's usual variable (`aws_endpoint_url` → `AWS_ENDPOINT_URL`).
 pub fn child_env(b: &Backend) -> Vec<(String, String)> {
-    b.options.iter().map(|(k, v)| (k.to_ascii_uppercase(), v.clone())).collect()
+    b.options
+        .iter()
+        .map(|(k, v)| (k.to_ascii_uppercase(), v.clone()))
+        .collect()
 }
 
 /// Differences between the committed tables of a period in two warehouses (rows sorted, `ignore` columns left
 /// out): empty when they hold the same tables with the same rows. For comparing a run on a server with a run
 /// on a local folder.
-pub fn compare_committed(a: &crate::warehouse::Warehouse, b: &crate::warehouse::Warehouse, period: pipeline::Period, ignore: &[&str]) -> Vec<String> {
+pub fn compare_committed(
+    a: &crate::warehouse::Warehouse,
+    b: &crate::warehouse::Warehouse,
+    period: pipeline::Period,
+    ignore: &[&str],
+) -> Vec<String> {
     use pipeline::testing::frame_to_sorted_csv;
     let (Some(ca), Some(cb)) = (a.committed(period).unwrap(), b.committed(period).unwrap()) else {
-        return vec![format!("period {period} is not committed in both warehouses")];
+        return vec![format!(
+            "period {period} is not committed in both warehouses"
+        )];
     };
     let tables = |c: &crate::warehouse::Commit| -> Vec<(String, String)> {
-        c.files.iter().filter_map(|f| Some((f.zone.clone()?, f.table.clone()?))).collect()
+        c.files
+            .iter()
+            .filter_map(|f| Some((f.zone.clone()?, f.table.clone()?)))
+            .collect()
     };
     let (ta, tb) = (tables(&ca), tables(&cb));
     if ta != tb {
@@ -145,7 +188,12 @@ pub fn compare_committed(a: &crate::warehouse::Warehouse, b: &crate::warehouse::
     for (z, t) in ta {
         let read = |w: &crate::warehouse::Warehouse, c: &crate::warehouse::Commit| {
             let df = w.read_commit_table(c, &t, zone(&z)).unwrap().unwrap();
-            let keep: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).filter(|n| !ignore.contains(&n.as_str())).collect();
+            let keep: Vec<String> = df
+                .get_column_names()
+                .iter()
+                .map(|s| s.to_string())
+                .filter(|n| !ignore.contains(&n.as_str()))
+                .collect();
             frame_to_sorted_csv(&df.select(keep).unwrap())
         };
         if read(a, &ca) != read(b, &cb) {
@@ -153,4 +201,24 @@ pub fn compare_committed(a: &crate::warehouse::Warehouse, b: &crate::warehouse::
         }
     }
     out
+}
+
+/// Runs the real `cspbill` binary (`cspbill run --config CONFIG --period P --warehouse URL ARGS...`) against a
+/// backend, its options passed as the clouds' usual environment variables. For the end-to-end tests: run on
+/// `sample_data/` against each backend, then `compare_committed` with the local-folder run.
+pub fn run_cspbill(
+    b: &Backend,
+    config: &std::path::Path,
+    period: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cspbill"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--period", period, "--warehouse", &b.url])
+        .args(extra)
+        .envs(child_env(b))
+        .env_remove("CSPBILL_WAREHOUSE")
+        .output()
+        .expect("running the cspbill binary")
 }
