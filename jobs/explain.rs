@@ -4,18 +4,14 @@
 //! rows in the warehouse and prints.
 
 use anyhow::{Context, Result};
-use polars::prelude::{DataFrame, Expr, LazyFrame, PlRefPath, ScanArgsParquet, SortMultipleOptions, col, lit};
+use polars::prelude::{DataFrame, Expr, IntoLazy, LazyFrame, SortMultipleOptions, col, lit};
 
 use crate::cli::{ExplainFormat, PeriodArgs};
 use crate::error::Failure;
 
 pub fn explain(p: &PeriodArgs, line: Option<String>, invoice_line: Option<String>, f: ExplainFormat) -> Result<()> {
     let Some(id) = line else {
-        let id = invoice_line.unwrap_or_default();
-        return Err(Failure::usage(format!(
-            "explaining invoice line `{id}` is not built yet; pass `--line` with a line_id or part_id from `int_charges_rated`"
-        ))
-        .into());
+        return explain_invoice_line(p, &invoice_line.unwrap_or_default(), f);
     };
     let rated = load_rated(p)?;
     let wanted = col("part_id")
@@ -52,56 +48,106 @@ pub fn explain(p: &PeriodArgs, line: Option<String>, invoice_line: Option<String
     Ok(())
 }
 
-/// The warehouse root of the run, a local folder. Object-store URLs wait for `crate::warehouse`.
-fn warehouse_root(p: &PeriodArgs) -> Result<std::path::PathBuf> {
+/// Reads a committed table of the period from the warehouse (any object store), or says what to run first.
+fn read(p: &PeriodArgs, zone: schemas::Zone, table: &str) -> Result<DataFrame> {
     let cfg = crate::config::load(&p.config)?;
     let url = cfg.warehouse_url(p.warehouse.as_deref());
-    if crate::config::is_url(&url) {
-        return Err(Failure::usage(format!(
-            "`explain` reads only a local warehouse for now, not `{url}`; pass --warehouse with a local folder"
-        ))
-        .into());
-    }
-    Ok(std::path::PathBuf::from(url))
+    let wh = crate::warehouse::Warehouse::open(&url, &cfg.warehouse.options)?;
+    wh.read_table(table, zone, p.period)?.ok_or_else(|| {
+        Failure::usage(format!("`{url}` has no `{table}` for period {}; run `cspbill run --period {}` first", p.period, p.period)).into()
+    })
 }
 
-/// Scans `ROOT/ZONE/TABLE/period=P/*.parquet`.
-// TODO(lead): replace with `crate::warehouse` (the committed snapshot of the period, any object store).
-fn scan_period_table(p: &PeriodArgs, zone: schemas::Zone, table: &str) -> Result<LazyFrame> {
-    let root = warehouse_root(p)?;
-    let dir = root.join(zone.dir()).join(table).join(format!("period={}", p.period));
-    if !dir.is_dir() {
-        return Err(Failure::usage(format!(
-            "`{}` has no `{table}` for period {}; run `cspbill run --period {}` first",
-            root.display(),
-            p.period,
-            p.period
-        ))
-        .into());
-    }
-    let glob = dir.join("*.parquet").to_string_lossy().into_owned();
-    let args = ScanArgsParquet {
-        glob: true,
-        ..Default::default()
-    };
-    LazyFrame::scan_parquet(PlRefPath::new(glob), args)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("reading `{table}` of period {}", p.period))
-}
-
-/// The committed `int_charges_rated` of the period, lazily: the caller filters before collecting, so a
-/// month of millions of parts is scanned with predicate pushdown, not loaded.
+/// The committed `int_charges_rated` of the period. The warehouse reads the committed files of the period (a
+/// month of parts in memory); filtering happens on the lazy frame.
 fn load_rated(p: &PeriodArgs) -> Result<LazyFrame> {
     let names: Vec<Expr> = schemas::int_charges_rated::names().into_iter().map(col).collect();
-    Ok(scan_period_table(p, schemas::int_charges_rated::ZONE, schemas::int_charges_rated::TABLE)?.select(names))
+    Ok(read(p, schemas::int_charges_rated::ZONE, schemas::int_charges_rated::TABLE)?.lazy().select(names))
 }
 
 /// The period's `stg_rate_cards`, to recompute the candidate rules.
 fn load_rate_cards(p: &PeriodArgs) -> Result<DataFrame> {
     let names: Vec<Expr> = schemas::stg_rate_cards::names().into_iter().map(col).collect();
-    Ok(
-        scan_period_table(p, schemas::stg_rate_cards::ZONE, schemas::stg_rate_cards::TABLE)?
-            .select(names)
-            .collect()?,
-    )
+    Ok(read(p, schemas::stg_rate_cards::ZONE, schemas::stg_rate_cards::TABLE)?.lazy().select(names).collect()?)
+}
+
+/// `--invoice-line`: the invoice line, its rounding, and every rated part behind it with source, rules and FX.
+fn explain_invoice_line(p: &PeriodArgs, id: &str, f: ExplainFormat) -> Result<()> {
+    use pipeline::decimal::any_to_decimal;
+    use schemas::{fct_invoice_detail as det, fct_invoice_lines as fl};
+    let lines = read(p, fl::ZONE, fl::TABLE)?.lazy().filter(col(fl::invoice_line_id).eq(lit(id.to_string()))).collect()?;
+    if lines.height() == 0 {
+        return Err(Failure::usage(format!(
+            "no invoice line `{id}` in period {}; copy an `invoice_line_id` from fct_invoice_lines of that period",
+            p.period
+        ))
+        .into());
+    }
+    let detail = read(p, det::ZONE, det::TABLE)?
+        .lazy()
+        .filter(col(det::invoice_line_id).eq(lit(id.to_string())))
+        .sort([det::part_id], SortMultipleOptions::default())
+        .collect()?;
+    let s = |df: &DataFrame, c: &str, i: usize| -> String {
+        df.column(c).ok().and_then(|c| c.get(i).ok()).map(|v| if v.is_null() { String::new() } else { v.str_value().to_string() }).unwrap_or_default()
+    };
+    let d = |df: &DataFrame, c: &str, i: usize| -> String {
+        df.column(c).ok().and_then(|c| c.get(i).ok()).and_then(|v| any_to_decimal(&v)).map(|x| x.to_string()).unwrap_or_default()
+    };
+    // Source file and line of each part, from the rated table.
+    let rated = load_rated(p)?
+        .filter(col("invoice_currency").is_not_null())
+        .select([col("part_id"), col("source_file"), col("line_number"), col("rate_method"), col("fx_source")])
+        .collect()?;
+    let mut source: std::collections::HashMap<String, (String, String, String, String)> = std::collections::HashMap::new();
+    for i in 0..rated.height() {
+        source.insert(s(&rated, "part_id", i), (s(&rated, "source_file", i), s(&rated, "line_number", i), s(&rated, "rate_method", i), s(&rated, "fx_source", i)));
+    }
+    let mut parts = Vec::new();
+    for i in 0..detail.height() {
+        let part = s(&detail, det::part_id, i);
+        let (file, line, method, fx_source) = source.get(&part).cloned().unwrap_or_default();
+        parts.push(serde_json::json!({
+            "part_id": part, "line_id": s(&detail, det::line_id, i), "source_file": file, "source_line": line,
+            "charge_date": s(&detail, det::charge_date, i), "resource_uri": s(&detail, det::resource_uri, i),
+            "meter_or_product": format!("{} {}", s(&detail, det::meter_name, i), s(&detail, det::product_id, i)).trim().to_string(),
+            "quantity": d(&detail, det::quantity, i), "cost": d(&detail, det::cost, i), "price": d(&detail, det::price, i),
+            "rate_rule_id": s(&detail, det::rate_rule_id, i), "rate_method": method,
+            "fx_rate": d(&detail, det::fx_rate, i), "fx_source": fx_source, "tag_rule_id": s(&detail, det::tag_rule_id, i),
+        }));
+    }
+    let line = serde_json::json!({
+        "invoice_line_id": id, "invoice_number": s(&lines, fl::invoice_number, 0), "customer_id": s(&lines, fl::customer_id, 0),
+        "line_type": s(&lines, fl::line_type, 0), "description": s(&lines, fl::description, 0), "currency": s(&lines, fl::currency, 0),
+        "quantity": d(&lines, fl::quantity, 0), "amount_unrounded": d(&lines, fl::amount_unrounded, 0), "amount": d(&lines, fl::amount, 0),
+        "corrected_period": s(&lines, fl::corrected_period, 0), "original_line_id": s(&lines, fl::original_line_id, 0),
+        "parts": parts,
+    });
+    match f {
+        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&line)?),
+        ExplainFormat::Text => {
+            let g = |k: &str| line[k].as_str().unwrap_or_default().to_string();
+            println!("invoice line {} on invoice {} ({}), customer {}", id, g("invoice_number"), g("line_type"), g("customer_id"));
+            println!("  {}", g("description"));
+            println!("  quantity {}; amount {} {} = Σ prices {} rounded once to the currency's minor unit", g("quantity"), g("amount"), g("currency"), g("amount_unrounded"));
+            if !g("corrected_period").is_empty() {
+                println!("  adjusts period {} (issued line {})", g("corrected_period"), g("original_line_id"));
+            }
+            println!("  {} rated part(s):", detail.height());
+            for part in line["parts"].as_array().into_iter().flatten().take(50) {
+                let v = |k: &str| part[k].as_str().unwrap_or_default().to_string();
+                println!(
+                    "  - {} from {} line {} ({}): cost {} -> price {} by rule {} ({}), fx {} ({}), tag rule {}",
+                    v("part_id"), v("source_file"), v("source_line"), v("charge_date"), v("cost"), v("price"),
+                    if v("rate_rule_id").is_empty() { "-".into() } else { v("rate_rule_id") }, v("rate_method"), v("fx_rate"), v("fx_source"),
+                    if v("tag_rule_id").is_empty() { "-".into() } else { v("tag_rule_id") }
+                );
+            }
+            if detail.height() > 50 {
+                println!("  ... and {} more (use --format json for all)", detail.height() - 50);
+            }
+            println!("  `cspbill explain --line PART_ID` shows the arithmetic of one part");
+        }
+    }
+    Ok(())
 }

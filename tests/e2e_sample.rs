@@ -352,4 +352,22 @@ fn explain_walks_a_rated_line_back_to_its_source() {
     let out = cspbill_ok(&["explain", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", wh.to_str().unwrap(), "--line", &part, "--format", "json"]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(j.to_string().contains(&src), "{j}");
+
+    // From an invoice line down to its parts: the parts' prices sum to the unrounded amount.
+    let lines = table(&ws, "marts", "fct_invoice_lines");
+    let enterprise = lines.clone().lazy().filter(col("line_type").eq(lit("usage")).and(col("part_count").gt(lit(1i64)))).collect().unwrap();
+    let id = enterprise.column("invoice_line_id").unwrap().str().unwrap().get(0).unwrap().to_string();
+    let unrounded = pipeline::decimal::any_to_decimal(&enterprise.column("amount_unrounded").unwrap().get(0).unwrap()).unwrap();
+    let out = cspbill_ok(&["explain", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", wh.to_str().unwrap(), "--invoice-line", &id, "--format", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = j["parts"].as_array().unwrap();
+    assert_eq!(parts.len() as i64, enterprise.column("part_count").unwrap().i64().unwrap().get(0).unwrap());
+    let total: Decimal = parts.iter().map(|p| p["price"].as_str().unwrap().parse::<Decimal>().unwrap()).sum();
+    assert_eq!(total, unrounded);
+    assert!(parts.iter().all(|p| !p["source_file"].as_str().unwrap().is_empty() && !p["rate_rule_id"].as_str().unwrap().is_empty()));
+    let text = cspbill_ok(&["explain", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", wh.to_str().unwrap(), "--invoice-line", &id]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("invoice line {id}")));
+    // An unknown id is exit 2 saying where to find ids.
+    let bad = cspbill(&["explain", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", wh.to_str().unwrap(), "--invoice-line", "nope"]);
+    assert_eq!(bad.status.code(), Some(2));
 }

@@ -3,6 +3,13 @@
 
 use std::process::Command;
 
+#[allow(dead_code)]
+#[path = "../jobs/error.rs"]
+mod error;
+#[allow(dead_code)]
+#[path = "../jobs/warehouse.rs"]
+mod warehouse;
+
 use pipeline::reference::{RefTable, stage_reference};
 use pipeline::{Period, RunContext};
 use polars::prelude::*;
@@ -17,11 +24,6 @@ fn staged(table: RefTable, file: &str, text: &str) -> DataFrame {
     stage_reference(table, file, &header, &rows).unwrap().df
 }
 
-fn write(df: &mut DataFrame, dir: &std::path::Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let f = std::fs::File::create(dir.join("part-0.parquet")).unwrap();
-    ParquetWriter::new(f).finish(df).unwrap();
-}
 
 #[test]
 fn explain_prints_a_rated_line_as_text_and_json() {
@@ -46,6 +48,7 @@ fn explain_prints_a_rated_line_as_text_and_json() {
                 "line_id" => s("L1"),
                 "customer_id" | "source_customer_id" => s("c1"),
                 "source_kind" => s("daily_usage"),
+                "period" => s("2025-06"),
                 "source_file" => s("usage.csv"),
                 "line_number" => s("12"),
                 "product_family" => s("azure_usage"),
@@ -76,15 +79,14 @@ fn explain_prints_a_rated_line_as_text_and_json() {
     let allocated = DataFrame::new_infer_height(cols).unwrap().lazy().select(exprs);
     let ctx = RunContext::for_period(Period::new(2025, 6).unwrap());
     let rated = pipeline::rate::int_charges_rated(allocated, &rate_cards, &customers, &fx, &ctx).unwrap();
-    let wh = tmp.path().join("warehouse");
-    write(
-        &mut rated.rated.collect().unwrap(),
-        &wh.join("int/int_charges_rated/period=2025-06"),
-    );
-    write(
-        &mut rate_cards.clone(),
-        &wh.join("staged/stg_rate_cards/period=2025-06"),
-    );
+    // Published as a run publishes: one committed version of the period.
+    let wh_dir = tmp.path().join("warehouse");
+    std::fs::create_dir_all(&wh_dir).unwrap();
+    let wh = warehouse::Warehouse::open(wh_dir.to_str().unwrap(), &Default::default()).unwrap();
+    let mut txn = wh.begin(Period::new(2025, 6).unwrap(), "explain-test").unwrap();
+    txn.write_table(schemas::int_charges_rated::TABLE, schemas::Zone::Int, &mut rated.rated.collect().unwrap()).unwrap();
+    txn.write_table(schemas::stg_rate_cards::TABLE, schemas::Zone::Staged, &mut rate_cards.clone()).unwrap();
+    txn.commit(serde_json::json!({}), false).unwrap();
     let config = tmp.path().join("cspbill.toml");
     std::fs::write(
         &config,
