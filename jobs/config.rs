@@ -173,7 +173,7 @@ impl Config {
         if is_url(location) || Path::new(location).is_absolute() {
             location.to_string()
         } else {
-            self.base_dir.join(location).to_string_lossy().into_owned()
+            self.base_dir.join(location.trim_start_matches("./")).to_string_lossy().into_owned()
         }
     }
 

@@ -207,6 +207,12 @@ pub fn compute(
     );
     let rejected_rows: u64 = snap.files.iter().map(|f| f.rejected).sum();
     m.total("rejected_rows", rejected_rows);
+    if rejected_rows > 0 {
+        m.warnings.push(format!(
+            "{rejected_rows} Partner Center row(s) rejected: see rejects/rejects_pc_*/period={} (source_file, line_number, reason); a close run allows {}",
+            ctx.period, ctx.policies.max_rejected_rows
+        ));
+    }
     m.total("staged_rows", json!({"daily_usage": usage.height(), "invoice_lines": invoice.height()}));
     if ctx.mode == RunMode::Close && rejected_rows > ctx.policies.max_rejected_rows {
         m.check(
