@@ -11,9 +11,9 @@ use polars::prelude::*;
 use crate::config::Config;
 use crate::error::Failure;
 
-/// Every staged reference table of a run.
+/// The reference tables of a run, staged (and, once `run::load_reference` has run, validated).
 #[derive(Debug, Clone)]
-pub struct Reference {
+pub struct RefFrames {
     pub customers: DataFrame,
     pub org_units: DataFrame,
     pub rate_cards: DataFrame,
@@ -23,6 +23,29 @@ pub struct Reference {
     pub psa_time: DataFrame,
     pub license_activity: DataFrame,
     pub utilization: DataFrame,
+}
+
+impl RefFrames {
+    /// Staged reference tables with the table name each is published under.
+    pub fn tables(&self) -> [(&'static str, &DataFrame); 9] {
+        [
+            (schemas::stg_customers::TABLE, &self.customers),
+            (schemas::stg_org_units::TABLE, &self.org_units),
+            (schemas::stg_rate_cards::TABLE, &self.rate_cards),
+            (schemas::stg_tag_rules::TABLE, &self.tag_rules),
+            (schemas::stg_fx_rates::TABLE, &self.fx_rates),
+            (schemas::stg_manual_lines::TABLE, &self.manual_lines),
+            (schemas::stg_psa_time::TABLE, &self.psa_time),
+            (schemas::stg_license_activity::TABLE, &self.license_activity),
+            (schemas::stg_utilization::TABLE, &self.utilization),
+        ]
+    }
+}
+
+/// Every staged reference table of a run, with where each came from.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub frames: RefFrames,
     /// Each file read: (table, path, rows staged, identical rows counted once).
     pub files: Vec<RefFile>,
     pub warnings: Vec<String>,
@@ -65,7 +88,8 @@ pub fn load(cfg: &Config) -> Result<Reference> {
     let psa_time = one(RefTable::PsaTime, i.psa_time_entries.as_ref())?;
     let license_activity = one(RefTable::LicenseActivity, i.license_activity.as_ref())?;
     let utilization = one(RefTable::Utilization, i.utilization.as_ref())?;
-    Ok(Reference { customers, org_units, rate_cards, tag_rules, fx_rates, manual_lines, psa_time, license_activity, utilization, files, warnings })
+    let frames = RefFrames { customers, org_units, rate_cards, tag_rules, fx_rates, manual_lines, psa_time, license_activity, utilization };
+    Ok(Reference { frames, files, warnings })
 }
 
 /// Reads one reference CSV as text and stages it. Any problem is a usage error (exit 2) with file and line.

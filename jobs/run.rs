@@ -21,6 +21,7 @@ use crate::config::{self, Config};
 use crate::error::Failure;
 use crate::inputs::FileStats;
 use crate::manifest::{Manifest, OutputTable, Timer};
+pub use crate::reference::RefFrames;
 use crate::warehouse::Warehouse;
 
 /// The last stage a command runs.
@@ -34,40 +35,10 @@ pub enum Stop {
     All,
 }
 
-/// The reference tables of a run, staged and validated.
-#[derive(Clone)]
-pub struct RefFrames {
-    pub customers: DataFrame,
-    pub org_units: DataFrame,
-    pub rate_cards: DataFrame,
-    pub tag_rules: DataFrame,
-    pub fx_rates: DataFrame,
-    pub manual_lines: DataFrame,
-    pub psa_time: DataFrame,
-    pub license_activity: DataFrame,
-    pub utilization: DataFrame,
-}
-
-impl RefFrames {
-    /// Staged reference tables with the table name each is published under.
-    pub fn tables(&self) -> [(&'static str, &DataFrame); 9] {
-        [
-            (schemas::stg_customers::TABLE, &self.customers),
-            (schemas::stg_org_units::TABLE, &self.org_units),
-            (schemas::stg_rate_cards::TABLE, &self.rate_cards),
-            (schemas::stg_tag_rules::TABLE, &self.tag_rules),
-            (schemas::stg_fx_rates::TABLE, &self.fx_rates),
-            (schemas::stg_manual_lines::TABLE, &self.manual_lines),
-            (schemas::stg_psa_time::TABLE, &self.psa_time),
-            (schemas::stg_license_activity::TABLE, &self.license_activity),
-            (schemas::stg_utilization::TABLE, &self.utilization),
-        ]
-    }
-}
-
 /// Reads the config's reference files and validates the tables whose rules span rows.
 pub fn load_reference(cfg: &Config, period: pipeline::Period, m: &mut Manifest) -> Result<RefFrames> {
-    let r = crate::reference::load(cfg)?;
+    let loaded = crate::reference::load(cfg)?;
+    let r = &loaded.frames;
     let tag_file = cfg.inputs.tag_rules.as_deref().map(|p| cfg.resolve(p)).unwrap_or_else(|| "tag_rules.csv".into());
     let unit_file = cfg.inputs.org_units.as_deref().map(|p| cfg.resolve(p)).unwrap_or_else(|| "org_units.csv".into());
     let (tag_rules, org_units) = pipeline::allocate::validate_tag_rules(&r.tag_rules, &r.org_units, &tag_file, &unit_file)
@@ -81,19 +52,9 @@ pub fn load_reference(cfg: &Config, period: pipeline::Period, m: &mut Manifest) 
         .lazy()
         .filter(col(schemas::stg_manual_lines::period).eq(lit(period.to_string())))
         .collect()?;
-    m.reference_files = serde_json::to_value(&r.files)?;
-    m.warnings.extend(r.warnings.iter().cloned());
-    Ok(RefFrames {
-        customers: r.customers,
-        org_units,
-        rate_cards,
-        tag_rules,
-        fx_rates: r.fx_rates,
-        manual_lines,
-        psa_time: r.psa_time,
-        license_activity: r.license_activity,
-        utilization: r.utilization,
-    })
+    m.reference_files = serde_json::to_value(&loaded.files)?;
+    m.warnings.extend(loaded.warnings.iter().cloned());
+    Ok(RefFrames { org_units, rate_cards, tag_rules, manual_lines, ..r.clone() })
 }
 
 /// A pipeline error as a usage failure listing its configuration errors (exit 2), else as it is.
