@@ -4,7 +4,7 @@
 # tables must equal a clean run's (DuckDB, rows sorted, run ids left out). Called by `scripts/fault-inject.sh
 # --binary [ITERATIONS] [SEED]`.
 #
-# Environment: CSPBILL_FAULT_CONFIG (default sample_data/cspbill.toml), CSPBILL_FAULT_PERIOD (default 2024-01),
+# Environment: CSPBILL_FAULT_CONFIG (default sample_data/cspbill.toml), CSPBILL_FAULT_PERIOD (default 2025-06),
 # CSPBILL_FAULT_ARGS (extra arguments to `cspbill run`, e.g. `--mode close`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,18 +16,18 @@ N="${1:-50}"
 SEED="${2:-$RANDOM}"
 RANDOM="$SEED"
 CONFIG="${CSPBILL_FAULT_CONFIG:-sample_data/cspbill.toml}"
-PERIOD="${CSPBILL_FAULT_PERIOD:-2024-01}"
+PERIOD="${CSPBILL_FAULT_PERIOD:-2025-06}"
 WORK="$TMP/fault-binary"
 rm -rf "$WORK"; mkdir -p "$WORK"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 cargo build --quiet --bin cspbill
 BIN="$CARGO_TARGET_DIR/debug/cspbill"
 # shellcheck disable=SC2086
-run() { "$BIN" run --config "$CONFIG" --period "$PERIOD" --warehouse "$1" ${CSPBILL_FAULT_ARGS:-}; }
+run() { exec "$BIN" run --config "$CONFIG" --period "$PERIOD" --warehouse "$1" ${CSPBILL_FAULT_ARGS:-}; }
 
 echo "fault injection on \`cspbill run\`: $N kills, seed $SEED"
 start=$(date +%s%N)
-run "$WORK/clean" > "$WORK/clean.log" 2>&1 || { echo "the clean run failed:"; tail -n 20 "$WORK/clean.log"; exit 1; }
+( run "$WORK/clean" ) > "$WORK/clean.log" 2>&1 || { echo "the clean run failed:"; tail -n 20 "$WORK/clean.log"; exit 1; }
 full_ms=$(( ( $(date +%s%N) - start ) / 1000000 ))
 echo "a clean run takes ${full_ms} ms"
 
@@ -59,7 +59,7 @@ for i in $(seq 1 "$N"); do
   if kill -9 "$pid" 2>/dev/null; then killed=$((killed + 1)); fi
   wait "$pid" 2>/dev/null || true
 done
-run "$WORK/wh" > "$WORK/final.log" 2>&1 || { echo "the run after the kills failed:"; tail -n 20 "$WORK/final.log"; touch "$WORK/stop"; exit 1; }
+( run "$WORK/wh" ) > "$WORK/final.log" 2>&1 || { echo "the run after the kills failed:"; tail -n 20 "$WORK/final.log"; touch "$WORK/stop"; exit 1; }
 touch "$WORK/stop"; wait "$reader"
 echo "$killed of $N runs killed mid-way"
 if [[ -s "$WORK/reader.err" ]]; then echo "a reader saw a partial file:"; cat "$WORK/reader.err"; exit 1; fi

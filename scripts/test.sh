@@ -33,6 +33,14 @@ LOG="$TMP/cargo-test.log"
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?
 
+# Fault injection on the real binary: SIGKILL `cspbill run` on sample_data at 20 random points, then a clean
+# finish must equal an uninterrupted run and no reader may ever see a partial file (more: scripts/fault-inject.sh).
+if [[ $# -eq 0 ]]; then
+  if ! bash "$ROOT/scripts/fault-inject.sh" --binary "${CSPBILL_FAULT_KILLS:-20}" 2>&1 | tee "$TMP/fault-binary.log"; then
+    echo "fault injection on the binary FAILED (see $TMP/fault-binary.log)"; status=1
+  fi
+fi
+
 # The summary: one line per test binary, then the total, after the servers' own messages.
 if [[ "${CSPBILL_TEST_SERVERS:-1}" != 0 ]]; then stop_servers; trap - EXIT; fi
 echo
