@@ -6,8 +6,9 @@
 //! by a UDF ([`tags::tag_flags`]) into one flag per tag condition of the rules; resource-group globs are UDFs
 //! on the same distinct keys. The winning rule per key (lowest priority; a tie between two rule ids is an error
 //! row) is joined back to the charges, then to the rule's parts, which explodes a split charge into its parts.
-//! A part's amount is `amount × share`, and the last part (file order) takes `amount − Σ other parts`, so parts
-//! always sum exactly to the whole. Nothing is collected here: the rules, units and customers come in as small
+//! A part's amount is `amount × share`, and the last part (file order) takes `amount − Σ other parts` (the
+//! other parts' shares ride along on the last part's row, so this stays elementwise), so parts always sum
+//! exactly to the whole. Nothing is collected here: the rules, units and customers come in as small
 //! collected frames, as DESIGN allows.
 
 pub mod rules;
@@ -73,7 +74,6 @@ pub fn malformed_tags_schema() -> Schema {
 // Working columns, dropped before output.
 const K_CUSTOMER: &str = "__k_customer";
 const K_SUB: &str = "__k_sub";
-const ROW: &str = "__row";
 const RULE: &str = "__rule";
 const WIN_PRIO: &str = "__win_prio";
 const N_WIN: &str = "__n_win";
@@ -139,8 +139,8 @@ pub fn int_charges_allocated(
         }
     }
 
-    // Charges with their match keys and a row index (the window that gives the last part its remainder).
-    let charges = charges.with_row_index(ROW, None).with_columns([
+    // Charges with their match keys (customer and subscription compare case-insensitively).
+    let charges = charges.with_columns([
         col(ic::customer_id).str().to_lowercase().alias(K_CUSTOMER),
         col(ic::subscription_id).str().to_lowercase().alias(K_SUB),
     ]);
@@ -161,7 +161,7 @@ pub fn int_charges_allocated(
         .maintain_order(MaintainOrderJoin::Left)
         .finish();
 
-    let (parts, needs_unit_lookup) =
+    let (parts, needs_unit_lookup, others) =
         parts_frame(&rules, &names).map_err(PipelineError::polars(STAGE))?;
     let mut exploded = resolved
         .clone()
@@ -199,7 +199,7 @@ pub fn int_charges_allocated(
         coalesce(&[col(P_NO), lit(1i64)]).alias(P_NO),
     ]);
 
-    let allocated = to_allocated(exploded.clone()).map_err(PipelineError::polars(STAGE))?;
+    let allocated = to_allocated(exploded.clone(), others).map_err(PipelineError::polars(STAGE))?;
     let errors = errors_frame(resolved.clone(), exploded, needs_unit_lookup).map_err(pe)?;
     let compliance = compliance_frame(resolved.clone());
     let malformed_tags = resolved
@@ -384,10 +384,20 @@ fn resolve_keys(keys: LazyFrame, rules: &[TagRule]) -> PolarsResult<LazyFrame> {
 /// The rules' parts as a small frame: rule id, part number, share, target customer (and its name), unit,
 /// unit path where known, and whether it is the rule's last part. Also whether any unit must be looked up per
 /// charge (rules of any customer naming a unit).
+///
+/// The last part of a rule also carries the shares of the rule's other parts (`__os0`, `__os1`, ...), so that
+/// its remainder `amount − Σ amount × other share` is an elementwise expression: no window over the charge's
+/// parts, which would cost a group-by over every charge. Returns the number of such columns too.
 fn parts_frame(
     rules: &[TagRule],
     names: &HashMap<String, Option<String>>,
-) -> PolarsResult<(DataFrame, bool)> {
+) -> PolarsResult<(DataFrame, bool, usize)> {
+    let others = rules
+        .iter()
+        .map(|r| r.parts.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let mut other_shares: Vec<Vec<Option<Decimal>>> = vec![Vec::new(); others];
     let mut rule = Vec::new();
     let mut no = Vec::new();
     let mut share: Vec<Option<Decimal>> = Vec::new();
@@ -412,9 +422,13 @@ fn parts_frame(
             path.push(p.unit_path.clone());
             last.push(Some(p.is_last));
             lookup |= p.target_unit_id.is_some() && p.unit_path.is_none();
+            for (k, col) in other_shares.iter_mut().enumerate() {
+                let other = r.parts.get(k).filter(|o| p.is_last && !o.is_last);
+                col.push(other.map(|o| o.share));
+            }
         }
     }
-    let df = DataFrame::new_infer_height(vec![
+    let mut columns = vec![
         Column::new(RULE.into(), rule),
         Column::new(P_NO.into(), no),
         decimal_column(P_SHARE, &share),
@@ -423,22 +437,39 @@ fn parts_frame(
         Column::new(P_UNIT.into(), unit),
         Column::new(P_PATH.into(), path),
         Column::new(P_LAST.into(), last),
-    ])?;
+    ];
+    columns.extend(
+        other_shares
+            .iter()
+            .enumerate()
+            .map(|(k, v)| decimal_column(&other_share(k), v)),
+    );
+    let df = DataFrame::new_infer_height(columns)?;
     // Typed even when there are no rules (an empty column would otherwise be Null-typed).
     let df = df
         .lazy()
-        .select([
-            col(RULE).cast(DataType::String),
-            col(P_NO).cast(DataType::Int64),
-            col(P_SHARE).cast(schemas::money()),
-            col(P_TARGET).cast(DataType::String),
-            col(P_TARGET_NAME).cast(DataType::String),
-            col(P_UNIT).cast(DataType::String),
-            col(P_PATH).cast(DataType::String),
-            col(P_LAST).cast(DataType::Boolean),
-        ])
+        .select(
+            [
+                col(RULE).cast(DataType::String),
+                col(P_NO).cast(DataType::Int64),
+                col(P_SHARE).cast(schemas::money()),
+                col(P_TARGET).cast(DataType::String),
+                col(P_TARGET_NAME).cast(DataType::String),
+                col(P_UNIT).cast(DataType::String),
+                col(P_PATH).cast(DataType::String),
+                col(P_LAST).cast(DataType::Boolean),
+            ]
+            .into_iter()
+            .chain((0..others).map(|k| col(other_share(k)).cast(schemas::money())))
+            .collect::<Vec<_>>(),
+        )
         .collect()?;
-    Ok((df, lookup))
+    Ok((df, lookup, others))
+}
+
+/// Name of the column holding, on a rule's last part, the share of its part `k + 1`.
+fn other_share(k: usize) -> String {
+    format!("__os{k}")
 }
 
 /// Org units keyed by lower-cased customer id and unit id, for rules of any customer.
@@ -466,17 +497,21 @@ fn units_frame(units: &[rules::OrgUnit]) -> PolarsResult<DataFrame> {
 }
 
 /// The parts in `int_charges_allocated` columns, amounts split exactly.
-fn to_allocated(exploded: LazyFrame) -> PolarsResult<LazyFrame> {
+fn to_allocated(exploded: LazyFrame, others: usize) -> PolarsResult<LazyFrame> {
+    // Every part is `amount × share`, rounded half-even to 18 places, except the last: `amount − Σ` of the
+    // other parts, each computed exactly as that part computes itself, so the parts sum to the amount.
     let split = |a: &str| -> PolarsResult<Expr> {
         let own = col(a) * col(P_SHARE);
-        let others = when(col(P_LAST))
-            .then(crate::decimal::null_dec())
-            .otherwise(own.clone())
-            .sum()
-            .over([col(ROW)])?
-            .fill_null(crate::decimal::dec("0"));
+        let rest: Vec<Expr> = (0..others)
+            .map(|k| (col(a) * col(other_share(k))).fill_null(crate::decimal::dec("0")))
+            .collect();
+        let rest = if rest.is_empty() {
+            crate::decimal::dec("0")
+        } else {
+            polars::lazy::dsl::sum_horizontal(rest, true)?
+        };
         Ok(when(col(P_LAST))
-            .then(col(a) - others)
+            .then(col(a) - rest)
             .otherwise(own)
             .alias(a))
     };

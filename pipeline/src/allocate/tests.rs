@@ -523,7 +523,8 @@ fn schemas_are_the_tables() {
 fn config_errors(tag_rules: &DataFrame, org_units: &DataFrame) -> Vec<(u64, String, String)> {
     match validate_tag_rules(tag_rules, org_units, "tag_rules.csv", "org_units.csv") {
         Err(PipelineError::Configs(e)) => {
-            let mut v: Vec<(u64, String, String)> = e.into_iter().map(|e| (e.line, e.column, e.file)).collect();
+            let mut v: Vec<(u64, String, String)> =
+                e.into_iter().map(|e| (e.line, e.column, e.file)).collect();
             v.sort();
             v
         }
@@ -588,7 +589,13 @@ fn tag_value_needs_a_tag_key_and_units_belong_to_the_target_customer() {
     )
     .collect()
     .unwrap();
-    assert_eq!(config_errors(&r, &units()), vec![e(2, "tag_value", "tag_rules.csv"), e(3, "target_unit_id", "tag_rules.csv")]);
+    assert_eq!(
+        config_errors(&r, &units()),
+        vec![
+            e(2, "tag_value", "tag_rules.csv"),
+            e(3, "target_unit_id", "tag_rules.csv")
+        ]
+    );
 }
 
 #[test]
@@ -608,10 +615,31 @@ fn org_units_form_a_tree_per_customer() {
         ],
     );
     let f = "org_units.csv";
-    assert_eq!(config_errors(&rules(&[]), &bad), vec![e(5, "parent_unit_id", f), e(7, "parent_unit_id", f), e(8, "parent_unit_id", f), e(9, "unit_id", f)]);
+    assert_eq!(
+        config_errors(&rules(&[]), &bad),
+        vec![
+            e(5, "parent_unit_id", f),
+            e(7, "parent_unit_id", f),
+            e(8, "parent_unit_id", f),
+            e(9, "unit_id", f)
+        ]
+    );
     // Without the other problems, the cycle A → B → C → A is reported once, on its first line.
-    let cycle = reference(RefTable::OrgUnits, &["unit_id,customer_id,parent_unit_id", "R,c1,", "A,c1,B", "B,c1,C", "C,c1,A", "D,c1,R"]);
-    assert_eq!(config_errors(&rules(&[]), &cycle), vec![e(3, "parent_unit_id", f)]);
+    let cycle = reference(
+        RefTable::OrgUnits,
+        &[
+            "unit_id,customer_id,parent_unit_id",
+            "R,c1,",
+            "A,c1,B",
+            "B,c1,C",
+            "C,c1,A",
+            "D,c1,R",
+        ],
+    );
+    assert_eq!(
+        config_errors(&rules(&[]), &cycle),
+        vec![e(3, "parent_unit_id", f)]
+    );
 }
 
 #[test]
@@ -625,11 +653,21 @@ fn validation_fills_part_numbers_shares_and_unit_paths() {
     .unwrap();
     let parts: Vec<Option<i64>> = r.column("part_no").unwrap().i64().unwrap().iter().collect();
     assert_eq!(parts, vec![Some(1), Some(2), Some(1)]);
-    let shares: Vec<Option<Decimal>> =
-        (0..3).map(|i| crate::decimal::any_to_decimal(&r.column("share").unwrap().get(i).unwrap())).collect();
+    let shares: Vec<Option<Decimal>> = (0..3)
+        .map(|i| crate::decimal::any_to_decimal(&r.column("share").unwrap().get(i).unwrap()))
+        .collect();
     assert_eq!(shares, vec![Some(d("0.25")), Some(d("0.75")), Some(d("1"))]);
-    let paths: Vec<Option<&str>> = u.column("unit_path").unwrap().str().unwrap().iter().collect();
-    assert_eq!(paths, vec![Some("BU1"), Some("BU1/P1"), Some("BU1/P1/CC1"), Some("BU9")]);
+    let paths: Vec<Option<&str>> = u
+        .column("unit_path")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(
+        paths,
+        vec![Some("BU1"), Some("BU1/P1"), Some("BU1/P1/CC1"), Some("BU9")]
+    );
     assert_eq!(r.schema().as_ref(), &schemas::stg_tag_rules::schema());
     assert_eq!(u.schema().as_ref(), &schemas::stg_org_units::schema());
     // Validating the completed frames again gives the same frames.
