@@ -1034,7 +1034,9 @@ pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
     let mut frames = HashMap::new();
     for kind in [SourceKind::DailyUsage, SourceKind::InvoiceLines] {
         let all = concat_or_empty(staged.remove(&kind).unwrap_or_default(), kind.schema())?;
-        let marked = ingest::mark_duplicates(all)?;
+        // Collected once: the per-file counts and the staged table both read it, and a lazy plan would parse
+        // and type every file again for each (the job collects the staged table right after anyway).
+        let marked = ingest::mark_duplicates(all)?.collect()?.lazy();
         let counts = read_counts(&per_file(
             marked.clone(),
             kind.cost_column(),
@@ -1043,7 +1045,9 @@ pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
         let rej = concat_or_empty(
             rejects.remove(&kind).unwrap_or_default(),
             kind.rejects_schema(),
-        )?;
+        )?
+        .collect()?
+        .lazy();
         let rej_counts = read_counts(&per_file(rej.clone(), "billing_pre_tax_total", &[])?)?;
         for st in stats.iter_mut().filter(|s| s.kind == Some(kind)) {
             for (key, (n, cost, d)) in &counts {
