@@ -723,3 +723,38 @@ mod parts_sum_to_the_whole {
         }
     }
 }
+
+#[test]
+fn the_streaming_engine_gives_the_same_rows() {
+    // The job sinks with the streaming engine: the UDFs and joins must give the same result there.
+    let rows = &[
+        "route,1,c1,az-1,rg-test,,,c2,BU9,0.25",
+        "route,1,c1,az-1,rg-test,,,,CC1,",
+        "tag,2,,,,env,Prod*,,,",
+        "x,3,,,rg-*,,,,,",
+        "y,3,,az-1,,,,,,",
+    ];
+    let run = |engine: Engine| {
+        let out =
+            int_charges_allocated(charges(), &rules(rows), &units(), &customers(), &ctx()).unwrap();
+        [
+            out.allocated,
+            out.compliance,
+            out.errors,
+            out.malformed_tags,
+        ]
+        .map(|lf| {
+            crate::testing::frame_to_sorted_csv(
+                &lf.collect_with_engine(engine).unwrap().unwrap_single(),
+            )
+        })
+    };
+    let memory = run(Engine::InMemory);
+    assert_eq!(run(Engine::Streaming), memory);
+    assert_eq!(
+        memory[0].lines().count(),
+        1 + 8,
+        "header and 8 parts: {}",
+        memory[0]
+    );
+}
