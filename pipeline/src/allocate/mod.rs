@@ -128,13 +128,13 @@ pub fn int_charges_allocated(
     let mut warnings = Vec::new();
     for r in &rules {
         for p in &r.parts {
-            if let Some(t) = &p.target_customer_id {
-                if !names.contains_key(&t.to_lowercase()) {
-                    warnings.push(format!(
+            if let Some(t) = &p.target_customer_id
+                && !names.contains_key(&t.to_lowercase())
+            {
+                warnings.push(format!(
                         "tag rule `{}` (line {}) routes charges to customer `{t}`, which is not in customers.csv: its parts will be unpriced until the customer is added",
                         r.rule_id, p.line_number
                     ));
-                }
             }
         }
     }
