@@ -464,6 +464,24 @@ fn cost_is_conserved_per_customer_of_origin() {
         2,
         "c1 and C1 as written in the export: {by_src}"
     );
+    let check = allocation_conservation(charges(), al.clone().lazy())
+        .collect()
+        .unwrap();
+    assert_eq!(check.height(), 2, "{check}");
+    let diff = check.column("difference").unwrap();
+    assert!(
+        (0..2)
+            .all(|i| crate::decimal::any_to_decimal(&diff.get(i).unwrap()) == Some(Decimal::ZERO)),
+        "{check}"
+    );
+    // A lost part shows up as a difference: b:2 = 10.01 − round18(10.01 × 0.333333333333333333).
+    let lost = al.lazy().filter(col("part_id").neq(lit("b:2")));
+    let check = allocation_conservation(charges(), lost).collect().unwrap();
+    assert_eq!(
+        value(&check, "customer_id", "c1", "difference"),
+        Some(d("6.673333333333333337")),
+        "{check}"
+    );
 }
 
 #[test]
