@@ -857,6 +857,29 @@ mod tests {
     }
 
     #[test]
+    fn the_streaming_engine_gives_the_same_rows() {
+        let run = |engine: Engine| {
+            let out = int_charges(
+                usage(),
+                invoice(),
+                &ChargesOptions {
+                    has_daily_usage: true,
+                },
+                &ctx(),
+            )
+            .unwrap();
+            [out.charges, out.control_lines, out.control_comparison].map(|lf| {
+                crate::testing::frame_to_sorted_csv(
+                    &lf.collect_with_engine(engine).unwrap().unwrap_single(),
+                )
+            })
+        };
+        let memory = run(Engine::InMemory);
+        assert_eq!(run(Engine::Streaming), memory);
+        assert_eq!(memory[0].lines().count(), 1 + 11);
+    }
+
+    #[test]
     fn schemas_are_the_tables() {
         let out = int_charges(
             staged(&stg_pc_daily_usage::schema(), &[]),

@@ -128,13 +128,13 @@ pub fn int_charges_allocated(
     let mut warnings = Vec::new();
     for r in &rules {
         for p in &r.parts {
-            if let Some(t) = &p.target_customer_id {
-                if !names.contains_key(&t.to_lowercase()) {
-                    warnings.push(format!(
+            if let Some(t) = &p.target_customer_id
+                && !names.contains_key(&t.to_lowercase())
+            {
+                warnings.push(format!(
                         "tag rule `{}` (line {}) routes charges to customer `{t}`, which is not in customers.csv: its parts will be unpriced until the customer is added",
                         r.rule_id, p.line_number
                     ));
-                }
             }
         }
     }
@@ -673,6 +673,37 @@ fn compliance_frame(resolved: LazyFrame) -> LazyFrame {
                 .map(|(n, dt)| col(n.clone()).cast(dt.clone()))
                 .collect::<Vec<_>>(),
         )
+}
+
+/// The DESIGN §6 invariant "Σ cost in `int_charges` = Σ cost allocated, per source file and customer of
+/// origin", as a frame for the job: `source_file`, `customer_id` (of origin), `charged_cost`, `allocated_cost`,
+/// `difference`, one row per group; the run fails where `difference` is not 0.
+pub fn allocation_conservation(charges: LazyFrame, allocated: LazyFrame) -> LazyFrame {
+    let keys = [col(ic::source_file), col(ic::customer_id)];
+    let charged = charges
+        .group_by_stable(keys.clone())
+        .agg([col(ic::cost).sum().alias("charged_cost")]);
+    let allocated = allocated
+        .group_by_stable([
+            col(ia::source_file),
+            col(ia::source_customer_id).alias(ic::customer_id),
+        ])
+        .agg([col(ia::cost).sum().alias("allocated_cost")]);
+    charged
+        .join_builder()
+        .with(allocated)
+        .on(keys)
+        .how(JoinType::Full)
+        .join_nulls(true)
+        .coalesce(JoinCoalesce::CoalesceColumns)
+        .finish()
+        .select([
+            col(ic::source_file),
+            col(ic::customer_id),
+            col("charged_cost").fill_null(crate::decimal::dec("0")),
+            col("allocated_cost").fill_null(crate::decimal::dec("0")),
+        ])
+        .with_column((col("charged_cost") - col("allocated_cost")).alias("difference"))
 }
 
 #[cfg(test)]

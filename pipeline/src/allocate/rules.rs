@@ -342,15 +342,15 @@ pub fn tag_rules(
             errors.push(err(r0, tr::tag_value, format!("tag rule `{rule_id}` has a `tag_value` without a `tag_key`; add the tag_key or clear the value")));
         }
         let resource_group = condition(rg[r0].as_deref());
-        if let Some(g) = &resource_group {
-            if let Err(m) = glob(g, true) {
-                errors.push(err(r0, tr::resource_group, m));
-            }
+        if let Some(g) = &resource_group
+            && let Err(m) = glob(g, true)
+        {
+            errors.push(err(r0, tr::resource_group, m));
         }
-        if let Some(v) = &tag_value {
-            if let Err(m) = glob(v, false) {
-                errors.push(err(r0, tr::tag_value, m));
-            }
+        if let Some(v) = &tag_value
+            && let Err(m) = glob(v, false)
+        {
+            errors.push(err(r0, tr::tag_value, m));
         }
 
         // Shares: above 0; all but the last given; sum exactly 1, or the blank last takes the remainder.

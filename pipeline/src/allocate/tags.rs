@@ -76,10 +76,11 @@ fn parse_tags_at(text: &str, depth: u8) -> ParsedTags {
         }
     }
     for candidate in [t, undoubled.as_str(), unescaped.as_str()] {
-        if !candidate.starts_with('{') && candidate.contains(':') {
-            if let Some(p @ ParsedTags::Pairs(_)) = attempt(&format!("{{{candidate}}}")) {
-                return p;
-            }
+        if !candidate.starts_with('{')
+            && candidate.contains(':')
+            && let Some(p @ ParsedTags::Pairs(_)) = attempt(&format!("{{{candidate}}}"))
+        {
+            return p;
         }
     }
     ParsedTags::Malformed
@@ -121,7 +122,7 @@ pub fn tag_flags(tags: Expr, conditions: Vec<TagCondition>) -> Expr {
         f.extend((0..n).map(|i| Field::new(flag_name(i).into(), DataType::Boolean)));
         f
     };
-    let out_fields = fields.clone();
+    let out_fields = fields;
     tags.map(
         move |c: Column| {
             let ca = c.str()?;

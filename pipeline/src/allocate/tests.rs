@@ -464,6 +464,24 @@ fn cost_is_conserved_per_customer_of_origin() {
         2,
         "c1 and C1 as written in the export: {by_src}"
     );
+    let check = allocation_conservation(charges(), al.clone().lazy())
+        .collect()
+        .unwrap();
+    assert_eq!(check.height(), 2, "{check}");
+    let diff = check.column("difference").unwrap();
+    assert!(
+        (0..2)
+            .all(|i| crate::decimal::any_to_decimal(&diff.get(i).unwrap()) == Some(Decimal::ZERO)),
+        "{check}"
+    );
+    // A lost part shows up as a difference: b:2 = 10.01 − round18(10.01 × 0.333333333333333333).
+    let lost = al.lazy().filter(col("part_id").neq(lit("b:2")));
+    let check = allocation_conservation(charges(), lost).collect().unwrap();
+    assert_eq!(
+        value(&check, "customer_id", "c1", "difference"),
+        Some(d("6.673333333333333337")),
+        "{check}"
+    );
 }
 
 #[test]
@@ -722,4 +740,39 @@ mod parts_sum_to_the_whole {
             }
         }
     }
+}
+
+#[test]
+fn the_streaming_engine_gives_the_same_rows() {
+    // The job sinks with the streaming engine: the UDFs and joins must give the same result there.
+    let rows = &[
+        "route,1,c1,az-1,rg-test,,,c2,BU9,0.25",
+        "route,1,c1,az-1,rg-test,,,,CC1,",
+        "tag,2,,,,env,Prod*,,,",
+        "x,3,,,rg-*,,,,,",
+        "y,3,,az-1,,,,,,",
+    ];
+    let run = |engine: Engine| {
+        let out =
+            int_charges_allocated(charges(), &rules(rows), &units(), &customers(), &ctx()).unwrap();
+        [
+            out.allocated,
+            out.compliance,
+            out.errors,
+            out.malformed_tags,
+        ]
+        .map(|lf| {
+            crate::testing::frame_to_sorted_csv(
+                &lf.collect_with_engine(engine).unwrap().unwrap_single(),
+            )
+        })
+    };
+    let memory = run(Engine::InMemory);
+    assert_eq!(run(Engine::Streaming), memory);
+    assert_eq!(
+        memory[0].lines().count(),
+        1 + 8,
+        "header and 8 parts: {}",
+        memory[0]
+    );
 }
