@@ -157,7 +157,11 @@ pub fn stage_reference(
         if trimmed.iter().all(String::is_empty) {
             continue; // blank line
         }
-        if seen.insert(trimmed.clone(), *line).is_some() {
+        if let Some(first) = seen.insert(trimmed.clone(), *line) {
+            // A repeated tag-rule row would be a second part of the same split: refuse it rather than guess.
+            if table == RefTable::TagRules {
+                errors.push(err(*line, "rule_id", format!("this row repeats line {first} exactly; a split names each part once, so delete one of them")));
+            }
             duplicates += 1;
             continue;
         }
@@ -580,6 +584,14 @@ mod tests {
         let mut found: Vec<(u64, &str)> = e.iter().map(|e| (e.line, e.column.as_str())).collect();
         found.sort();
         assert_eq!(found, vec![(4, "rate"), (5, "rate")]);
+    }
+
+    #[test]
+    fn a_repeated_tag_rule_row_is_an_error_not_a_silent_merge() {
+        let (h, r) = rows(&["rule_id,priority,target_unit_id,share", "split,1,u1,0.5", "split,1,u1,0.5", "split,1,u2,"]);
+        let e = stage_reference(RefTable::TagRules, "tag_rules.csv", &h, &r).unwrap_err();
+        assert_eq!((e[0].line, e[0].column.as_str()), (3, "rule_id"));
+        assert!(e[0].message.contains("repeats line 2"), "{}", e[0].message);
     }
 
     #[test]
