@@ -71,7 +71,7 @@ pub enum Command {
     Rate(PeriodArgs),
     /// Run up to the invoices.
     Invoice(PeriodArgs),
-    /// Run up to the FOCUS dataset.
+    /// Write the FOCUS 1.2 cost-and-usage dataset (planned; says so).
     Focus(PeriodArgs),
     /// Run the anomaly monitors over the period.
     Anomalies {
@@ -164,7 +164,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Allocate(p) => run_period(&p, RunMode::Nightly, Stop::Allocate),
         Command::Rate(p) => run_period(&p, RunMode::Nightly, Stop::Rate),
         Command::Invoice(p) => run_period(&p, RunMode::Nightly, Stop::Invoice),
-        Command::Focus(p) => run_period(&p, RunMode::Nightly, Stop::All),
+        Command::Focus(_) => Err(Failure::usage(
+            "`focus` is not built yet: the FOCUS 1.2 dataset is planned (DESIGN §3); `cspbill run` writes the invoices and every table before it",
+        )
+        .into()),
         Command::Anomalies { p, fail_on } => crate::run::anomalies(&p, fail_on),
         Command::Explain { p, line, invoice_line, format } => crate::explain::explain(&p, line, invoice_line, format),
         Command::Generate(g) => crate::generate::generate(&g),
