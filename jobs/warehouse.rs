@@ -871,66 +871,34 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
         (ClientConfigKey::ConnectTimeout, "5s"),
         (ClientConfigKey::Timeout, "120s"),
     ];
+    // The three clouds' builders differ only in their types: one recipe for all (from the environment, the URL,
+    // retries, default timeouts, then the `[warehouse.options]` keys).
+    macro_rules! build {
+        ($builder:ty, $key:path, $cloud:literal) => {{
+            let mut b = <$builder>::from_env().with_url(url).with_retry(retry);
+            for (k, v) in timeouts {
+                let k = $key(k);
+                if b.get_config_value(&k).is_none() {
+                    b = b.with_config(k, v);
+                }
+            }
+            for (k, v) in options {
+                b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
+            }
+            Arc::new(b.build().map_err(|e| {
+                Failure::usage(format!("cannot configure {} for `{url}`: {e}; {}", $cloud, what_to_check(url)))
+            })?)
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match scheme {
         ObjectStoreScheme::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_retry(retry);
-            for (k, v) in timeouts {
-                let k = object_store::aws::AmazonS3ConfigKey::Client(k);
-                if b.get_config_value(&k).is_none() {
-                    b = b.with_config(k, v);
-                }
-            }
-            for (k, v) in options {
-                b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(|e| {
-                Failure::usage(format!(
-                    "cannot configure S3 for `{url}`: {e}; {}",
-                    what_to_check(url)
-                ))
-            })?)
+            build!(object_store::aws::AmazonS3Builder, object_store::aws::AmazonS3ConfigKey::Client, "S3")
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry);
-            for (k, v) in timeouts {
-                let k = object_store::azure::AzureConfigKey::Client(k);
-                if b.get_config_value(&k).is_none() {
-                    b = b.with_config(k, v);
-                }
-            }
-            for (k, v) in options {
-                b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(|e| {
-                Failure::usage(format!(
-                    "cannot configure Azure for `{url}`: {e}; {}",
-                    what_to_check(url)
-                ))
-            })?)
+            build!(object_store::azure::MicrosoftAzureBuilder, object_store::azure::AzureConfigKey::Client, "Azure")
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_retry(retry);
-            for (k, v) in timeouts {
-                let k = object_store::gcp::GoogleConfigKey::Client(k);
-                if b.get_config_value(&k).is_none() {
-                    b = b.with_config(k, v);
-                }
-            }
-            for (k, v) in options {
-                b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
-            }
-            Arc::new(b.build().map_err(|e| {
-                Failure::usage(format!(
-                    "cannot configure GCS for `{url}`: {e}; {}",
-                    what_to_check(url)
-                ))
-            })?)
+            build!(object_store::gcp::GoogleCloudStorageBuilder, object_store::gcp::GoogleConfigKey::Client, "GCS")
         }
         other => {
             return Err(Failure::usage(format!("warehouse URL `{url}` ({other:?}) is not supported; use a folder, `s3://`, `az://`, `abfs://` or `gs://`")).into());
