@@ -73,12 +73,6 @@ pub struct Computed {
     pub invoices: Option<(DataFrame, DataFrame, DataFrame)>,
 }
 
-impl Computed {
-    pub fn table(&self, name: &str) -> Option<&DataFrame> {
-        self.tables.iter().find(|(t, _, _)| *t == name).map(|(_, _, df)| df)
-    }
-}
-
 /// Collects a plan, naming the stage on failure.
 fn collect(lf: LazyFrame, stage: &str) -> Result<DataFrame> {
     lf.collect().map_err(|e| anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{stage}` failed: {e}") }))
