@@ -21,6 +21,9 @@ pub struct Config {
     pub inputs: Inputs,
     #[serde(default)]
     pub billing: Billing,
+    /// How a run uses this machine (`[run]`).
+    #[serde(default)]
+    pub run: RunSettings,
     /// Parsed and checked now (a typo is exit 2); read by the anomaly monitors, which are planned.
     /// Read by the anomaly monitors (planned); parsed now so a typo is exit 2.
     #[serde(default)]
@@ -32,6 +35,15 @@ pub struct Config {
     /// The file itself, for messages.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// `[run]`: where a run spools the month's tables while it streams them from stage to stage.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// A local folder for the run's spool (default: `CSPBILL_SPOOL`, else the system temporary folder). It needs
+    /// about the size of the month's staged Parquet; it is emptied when the run ends.
+    pub spool_dir: Option<String>,
 }
 
 /// The MSP issuing the invoices.

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use chrono::{Datelike, NaiveDate};
 use pipeline::invoice::cells;
-use polars::prelude::DataFrame;
+use polars::prelude::{
+    DataFrame, Engine, IntoLazy, NamedFrom, ParquetCompression, ParquetReader, ParquetWriter, PlanCallback,
+    SerReader, Series, col, lit, polars_err,
+};
 use rust_decimal::Decimal;
 use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format, FormatAlign, Workbook, Worksheet};
 use schemas::{fct_invoice_detail as det, fct_invoice_lines as fl, fct_invoices as fi};
@@ -550,6 +553,21 @@ pub fn write_exports(
     detail: &DataFrame,
     issuer: &Issuer,
 ) -> Result<Vec<PathBuf>> {
+    let of = |n: &str| -> Result<DataFrame> {
+        Ok(detail.clone().lazy().filter(col(det::invoice_number).eq(lit(n.to_string()))).collect()?)
+    };
+    write_exports_with(dir, invoices, lines, &of, issuer)
+}
+
+/// [`write_exports`] with the detail of one invoice at a time, from `detail_of(invoice_number)`: only enterprise
+/// invoices ask for theirs, so the month's detail is never in memory at once.
+pub fn write_exports_with(
+    dir: &Path,
+    invoices: &DataFrame,
+    lines: &DataFrame,
+    detail_of: &dyn Fn(&str) -> Result<DataFrame>,
+    issuer: &Issuer,
+) -> Result<Vec<PathBuf>> {
     let headers = headers(invoices)?;
     let lines = Table::read(
         lines,
@@ -566,26 +584,28 @@ pub fn write_exports(
         &[],
         &[fl::line_no],
     )?;
-    let detail = Table::read(
-        detail,
-        det::TABLE,
-        &[
-            det::invoice_line_id,
-            det::subscription_id,
-            det::unit_path,
-            det::resource_group,
-            det::resource_uri,
-            det::meter_category,
-            det::meter_name,
-            det::product_id,
-            det::sku_id,
-        ],
-        &[det::quantity, det::price],
-        &[det::charge_date],
-        &[],
-    )?;
+    let empty = DataFrame::empty_with_schema(&det::schema());
     let mut written = Vec::new();
     for h in &headers {
+        let detail_df = if h.template == "enterprise" { detail_of(&h.number)? } else { empty.clone() };
+        let detail = Table::read(
+            &detail_df,
+            det::TABLE,
+            &[
+                det::invoice_line_id,
+                det::subscription_id,
+                det::unit_path,
+                det::resource_group,
+                det::resource_uri,
+                det::meter_category,
+                det::meter_name,
+                det::product_id,
+                det::sku_id,
+            ],
+            &[det::quantity, det::price],
+            &[det::charge_date],
+            &[],
+        )?;
         let folder = dir
             .join(format!("period={}", sanitise(&h.period)))
             .join(format!("customer={}", sanitise(&h.customer_id)));
@@ -612,6 +632,84 @@ pub fn write_exports(
         written.push(xlsx_path);
     }
     Ok(written)
+}
+
+/// The detail of the enterprise invoices of a run, split out of the spooled `fct_invoice_detail` in one streaming
+/// pass into one small Parquet file per invoice, so that each XLSX reads only its own rows.
+pub struct DetailByInvoice {
+    files: HashMap<String, PathBuf>,
+    schema: polars::prelude::Schema,
+}
+
+impl DetailByInvoice {
+    /// Splits `detail` (the spooled table) for the enterprise invoices of `invoices`, writing below `dir`.
+    pub fn split(detail: &crate::spool::SpoolTable, invoices: &DataFrame, dir: &Path) -> Result<Self> {
+        let numbers = cells::strs(invoices, fi::invoice_number)?;
+        let templates = cells::strs(invoices, fi::template)?;
+        let wanted: std::collections::HashSet<String> = numbers
+            .into_iter()
+            .zip(templates)
+            .filter(|(_, t)| t.as_deref() == Some("enterprise"))
+            .filter_map(|(n, _)| n)
+            .collect();
+        let lf = detail.scan()?;
+        let schema = (*lf.clone().collect_schema()?).clone();
+        let mut files = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(Self { files, schema });
+        }
+        let split_dir = dir.join(".detail");
+        fs::create_dir_all(&split_dir).with_context(|| format!("creating `{}`", split_dir.display()))?;
+        type Writers = HashMap<String, polars::io::parquet::write::BatchedWriter<fs::File>>;
+        let writers: std::sync::Arc<std::sync::Mutex<Writers>> = Default::default();
+        let paths: std::sync::Arc<std::sync::Mutex<HashMap<String, PathBuf>>> = Default::default();
+        let (w2, p2, d2, s2) = (writers.clone(), paths.clone(), split_dir.clone(), schema.clone());
+        let wanted = std::sync::Arc::new(wanted);
+        let sink = lf
+            .filter(col(det::invoice_number).is_in(
+                lit(Series::new("w".into(), wanted.iter().cloned().collect::<Vec<_>>())).implode(false),
+                false,
+            ))
+            .sink_batches(
+                PlanCallback::new(move |df: DataFrame| {
+                    let mut ws = w2.lock().map_err(|_| polars_err!(ComputeError: "detail writers poisoned"))?;
+                    for part in df.partition_by_stable([det::invoice_number], true)? {
+                        let n = part.column(det::invoice_number)?.str()?.get(0).unwrap_or_default().to_string();
+                        if !ws.contains_key(&n) {
+                            let path = d2.join(format!("{}.parquet", sanitise(&n)));
+                            let f = fs::File::create(&path).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", path.display()))?;
+                            let w = ParquetWriter::new(f).with_compression(ParquetCompression::Zstd(None)).batched(&s2)?;
+                            ws.insert(n.clone(), w);
+                            p2.lock().map_err(|_| polars_err!(ComputeError: "detail paths poisoned"))?.insert(n.clone(), path);
+                        }
+                        if let Some(w) = ws.get_mut(&n) {
+                            w.write_batch(&part)?;
+                        }
+                    }
+                    Ok(false)
+                }),
+                true,
+                None,
+            )?;
+        sink.collect_with_engine(Engine::Streaming).context("splitting fct_invoice_detail by invoice")?;
+        let ws = std::mem::take(&mut *writers.lock().map_err(|_| anyhow::anyhow!("detail writers poisoned"))?);
+        for (_, w) in ws {
+            w.finish()?;
+        }
+        files.extend(std::mem::take(&mut *paths.lock().map_err(|_| anyhow::anyhow!("detail paths poisoned"))?));
+        Ok(Self { files, schema })
+    }
+
+    /// The detail rows of one invoice (empty when it has none).
+    pub fn get(&self, invoice: &str) -> Result<DataFrame> {
+        match self.files.get(invoice) {
+            Some(p) => {
+                let f = fs::File::open(p).with_context(|| format!("reading `{}`", p.display()))?;
+                Ok(ParquetReader::new(f).finish()?)
+            }
+            None => Ok(DataFrame::empty_with_schema(&self.schema)),
+        }
+    }
 }
 
 #[cfg(test)]

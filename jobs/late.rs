@@ -1,5 +1,6 @@
 //! Late and restated data for closed periods (DESIGN §5 "Invoice", issue #7 point 6). A closed period's invoice
-//! never changes. The run of an open period re-states each recently closed period from its current input snapshot
+//! never changes. The run of an open period re-states each recently closed period whose input files changed since
+//! its close (their sizes and SHA-256 against its committed manifest) from its current input snapshot
 //! and the reference data staged when it closed, compares the result with what was issued (plus adjustments
 //! already billed on later closed invoices), and bills the difference as `adjustment` lines on its own invoices.
 
@@ -30,9 +31,15 @@ pub fn adjustments_for(cfg: &Config, wh: &Warehouse, ctx: &RunContext, m: &mut M
         if !commit.closed {
             continue;
         }
+        if !inputs_changed(cfg, &commit, c)? {
+            tracing::info!(period = %c, "closed period's inputs unchanged since its close: not re-stated");
+            summary.push(serde_json::json!({"corrected_period": c.to_string(), "lines": 0, "amount": "0", "restated": false, "reason": "inputs unchanged since close"}));
+            continue;
+        }
+        tracing::info!(period = %c, "closed period's inputs changed since its close: re-stating it for late data");
         let adj = restate(cfg, wh, &commit, c, ctx.period)?;
         let total = pipeline::decimal::column_sum(&adj, fl::amount)?;
-        summary.push(serde_json::json!({"corrected_period": c.to_string(), "lines": adj.height(), "amount": total.to_string()}));
+        summary.push(serde_json::json!({"corrected_period": c.to_string(), "lines": adj.height(), "amount": total.to_string(), "restated": true}));
         all.vstack_mut(&adj)?;
     }
     m.total("late_data_adjustments", summary);
@@ -42,7 +49,61 @@ pub fn adjustments_for(cfg: &Config, wh: &Warehouse, ctx: &RunContext, m: &mut M
 /// For a closed period re-run by hand: how many adjustment lines its late data would give on the next period.
 pub fn pending_for_closed(cfg: &Config, wh: &Warehouse, ctx: &RunContext) -> Result<usize> {
     let Some(commit) = wh.committed(ctx.period)? else { return Ok(0) };
+    if !inputs_changed(cfg, &commit, ctx.period)? {
+        return Ok(0);
+    }
     Ok(restate(cfg, wh, &commit, ctx.period, ctx.period.next())?.height())
+}
+
+/// Whether the input snapshot of closed period `c` differs from the one its committed manifest recorded:
+/// compared as multisets of (bytes, SHA-256) of every input file (v2 blobs one by one), so a closed month is
+/// re-stated only when Microsoft's data for it changed. Sizes first; files are hashed only when every size
+/// matches.
+fn inputs_changed(cfg: &Config, commit: &Commit, c: Period) -> Result<bool> {
+    let recorded: Vec<(u64, String)> = commit
+        .manifest_json
+        .get("inputs")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| Some((f.get("bytes")?.as_u64()?, f.get("sha256")?.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dir = cfg.partner_center_location(c);
+    let dir = Path::new(&dir);
+    if !dir.is_dir() {
+        // The snapshot was moved away: nothing to compare, nothing new to bill.
+        return Ok(false);
+    }
+    let mut files = Vec::new();
+    for p in crate::inputs::list_snapshot(dir)? {
+        if p.is_dir() {
+            let mut blobs: Vec<_> = std::fs::read_dir(&p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|b| b.to_string_lossy().to_ascii_lowercase().ends_with(".json.gz"))
+                .collect();
+            blobs.sort();
+            files.extend(blobs);
+        } else {
+            files.push(p);
+        }
+    }
+    let mut sizes: Vec<u64> = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(u64::MAX)).collect();
+    let mut want_sizes: Vec<u64> = recorded.iter().map(|r| r.0).collect();
+    sizes.sort_unstable();
+    want_sizes.sort_unstable();
+    if sizes != want_sizes {
+        return Ok(true);
+    }
+    let mut hashes = Vec::new();
+    for f in &files {
+        hashes.push(crate::inputs::sha256_file(f)?);
+    }
+    let mut want: Vec<String> = recorded.into_iter().map(|r| r.1).collect();
+    hashes.sort();
+    want.sort();
+    Ok(hashes != want)
 }
 
 /// Re-states closed period `c` and returns its adjustment lines for `target`.
@@ -66,7 +127,8 @@ fn restate(cfg: &Config, wh: &Warehouse, commit: &Commit, c: Period, target: Per
     let mut timer = Timer::new();
     let dir = cfg.partner_center_location(c);
     let empty = DataFrame::empty_with_schema(&fl::schema());
-    let computed = compute(&ctx, &refs, Path::new(&dir), Stop::Invoice, empty, &mut m, &mut timer)?;
+    let spool = crate::spool::Spool::new(cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d)).as_deref().map(Path::new))?;
+    let computed = compute(&ctx, &refs, Path::new(&dir), Stop::Invoice, empty, &mut m, &mut timer, spool)?;
     if let Some(f) = m.failures() {
         return Err(Failure::invariant(format!("re-stating closed period {c} for late data failed:\n  {f}")).into());
     }

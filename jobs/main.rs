@@ -1,23 +1,9 @@
 //! `cspbill`: month-end billing for Microsoft CSP resellers. This file parses the command line, installs
-//! logging, dispatches to the jobs and maps outcomes to exit codes (0 ok, 1 invariant/commit, 2 usage/input).
-
-
-mod cli;
-mod config;
-mod error;
-mod explain;
-mod exports;
-mod generate;
-mod inputs;
-mod late;
-mod manifest;
-mod reference;
-mod run;
-// Part of the warehouse API (history, lock TTL, crash points) serves the storage tests, which include this file.
-#[allow(dead_code)]
-mod warehouse;
+//! logging, dispatches to the jobs (the `cspbill` library, `jobs/lib.rs`) and maps outcomes to exit codes
+//! (0 ok, 1 invariant/commit, 2 usage/input).
 
 use clap::Parser;
+use cspbill::{cli, error};
 
 fn main() {
     let args = cli::Cli::parse();
@@ -32,10 +18,4 @@ fn main() {
             std::process::exit(code);
         }
     }
-}
-
-/// SHA-256 of a byte string, lower-case hex: the checksum of every input and output in manifests.
-pub fn inputs_sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }

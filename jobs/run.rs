@@ -66,16 +66,38 @@ fn config_failure(e: pipeline::PipelineError) -> anyhow::Error {
     }
 }
 
-/// Everything a run of one period computes, before anything is written.
-pub struct Computed {
-    pub files: Vec<FileStats>,
-    pub tables: Vec<(&'static str, Zone, DataFrame)>,
-    pub invoices: Option<(DataFrame, DataFrame, DataFrame)>,
+/// A table of the run: a small collected frame, or a big one streamed into a spool file.
+pub enum TableData {
+    Frame(DataFrame),
+    Spool(crate::spool::SpoolTable),
 }
 
-/// Collects a plan, naming the stage on failure.
+/// Everything a run of one period computes, before anything is written. Big tables are spool files, which live
+/// as long as `spool`.
+pub struct Computed {
+    pub files: Vec<FileStats>,
+    pub tables: Vec<(&'static str, Zone, TableData)>,
+    /// `fct_invoices`, `fct_invoice_lines` (small) and the spool file of `fct_invoice_detail`.
+    pub invoices: Option<(DataFrame, DataFrame, crate::spool::SpoolTable)>,
+    pub spool: std::sync::Arc<crate::spool::Spool>,
+}
+
+/// Collects a plan whose result is small, with the streaming engine, naming the stage on failure.
 fn collect(lf: LazyFrame, stage: &str) -> Result<DataFrame> {
-    lf.collect().map_err(|e| anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{stage}` failed: {e}") }))
+    crate::spool::collect(lf, stage)
+}
+
+/// Streams a stage's big output into the spool (as it will be published) and returns a scan of it.
+fn spool_table(spool: &crate::spool::Spool, lf: LazyFrame, table: &str, period: pipeline::Period) -> Result<(LazyFrame, crate::spool::SpoolTable)> {
+    let path = spool.path(&format!("tables/{table}.parquet"))?;
+    let t = crate::spool::sink_table(lf, &path, table, period)?;
+    Ok((t.scan()?, t))
+}
+
+/// Rows of a spooled table (from its Parquet metadata).
+fn rows_of(lf: LazyFrame, what: &str) -> Result<usize> {
+    let df = collect(lf.select([len().cast(DataType::Int64).alias("n")]), what)?;
+    Ok(df.column("n")?.i64()?.get(0).unwrap_or(0) as usize)
 }
 
 /// Fails with exit 2 when a stage's errors frame has rows, naming the first few.
@@ -118,7 +140,8 @@ fn progress() -> ProgressBar {
 }
 
 /// Runs the stages of `ctx.period` over the snapshot in `snapshot_dir` up to `stop`, checking every invariant
-/// into `m`. Writes nothing.
+/// into `m`. Writes nothing to the warehouse: the big tables stream from stage to stage through `spool`.
+#[allow(clippy::too_many_arguments)]
 pub fn compute(
     ctx: &RunContext,
     refs: &RefFrames,
@@ -127,20 +150,19 @@ pub fn compute(
     adjustments: DataFrame,
     m: &mut Manifest,
     timer: &mut Timer,
+    spool: std::sync::Arc<crate::spool::Spool>,
 ) -> Result<Computed> {
     let pb = progress();
-    let mut tables: Vec<(&'static str, Zone, DataFrame)> = Vec::new();
+    let mut tables: Vec<(&'static str, Zone, TableData)> = Vec::new();
     pb.set_message(format!("reading {}", snapshot_dir.display()));
     let files = crate::inputs::list_snapshot(snapshot_dir)?;
     if files.is_empty() {
         warn!("no Partner Center files in `{}`", snapshot_dir.display());
         m.warnings.push(format!("no Partner Center files in `{}`", snapshot_dir.display()));
     }
-    let snap = crate::inputs::read_snapshot(&files, ctx.period)?;
-    let usage = collect(snap.usage, "stg_pc_daily_usage")?;
-    let invoice = collect(snap.invoice_lines, "stg_pc_invoice_lines")?;
-    let rej_u = collect(snap.rejects_usage, "rejects_pc_daily_usage")?;
-    let rej_i = collect(snap.rejects_invoice, "rejects_pc_invoice_lines")?;
+    let snap = crate::inputs::read_snapshot_in(&files, ctx.period, std::sync::Arc::clone(&spool))?;
+    let usage = snap.usage.clone();
+    let invoice = snap.invoice_lines.clone();
     timer.lap("ingest");
     // Conservation of rows and amounts per file (DESIGN §6).
     for f in &snap.files {
@@ -148,17 +170,19 @@ pub fn compute(
             &format!("ingest conservation `{}`", f.name),
             f.balances(),
             format!(
-                "rows in {} = staged {} + rejected {} + duplicates {} + set aside {}; cost in {} = staged {} + rejected {} + duplicates {} + set aside {}",
-                f.rows_in, f.staged, f.rejected, f.duplicates, f.set_aside, f.cost_in, f.cost_staged, f.cost_rejected, f.cost_duplicates, f.cost_set_aside
+                "rows in {} = staged {} + rejected {} + duplicates {} + set aside {} + other period {}; cost in {} = staged {} + rejected {} + duplicates {} + set aside {} + other period {}",
+                f.rows_in, f.staged, f.rejected, f.duplicates, f.set_aside, f.other_period, f.cost_in, f.cost_staged, f.cost_rejected, f.cost_duplicates, f.cost_set_aside, f.cost_other_period
             ),
         );
         m.warnings.extend(f.warnings.iter().cloned());
     }
+    let usage_rows = rows_of(usage.clone(), "stg_pc_daily_usage")?;
+    let invoice_rows = rows_of(invoice.clone(), "stg_pc_invoice_lines")?;
     let staged_rows: u64 = snap.files.iter().map(|f| f.staged).sum();
     m.check(
         "staged rows match the per-file counts",
-        staged_rows == (usage.height() + invoice.height()) as u64,
-        format!("files say {staged_rows}, staged tables hold {}", usage.height() + invoice.height()),
+        staged_rows == (usage_rows + invoice_rows) as u64,
+        format!("files say {staged_rows}, staged tables hold {}", usage_rows + invoice_rows),
     );
     let rejected_rows: u64 = snap.files.iter().map(|f| f.rejected).sum();
     m.total("rejected_rows", rejected_rows);
@@ -168,7 +192,8 @@ pub fn compute(
             ctx.period, ctx.policies.max_rejected_rows
         ));
     }
-    m.total("staged_rows", json!({"daily_usage": usage.height(), "invoice_lines": invoice.height()}));
+    m.total("staged_rows", json!({"daily_usage": usage_rows, "invoice_lines": invoice_rows}));
+    info!(daily_usage = usage_rows, invoice_lines = invoice_rows, rejected = rejected_rows, "staged");
     if ctx.mode == RunMode::Close && rejected_rows > ctx.policies.max_rejected_rows {
         m.check(
             "close: rejected rows within max_rejected_rows",
@@ -179,57 +204,63 @@ pub fn compute(
             ),
         );
     }
-    tables.push((schemas::stg_pc_daily_usage::TABLE, Zone::Staged, usage.clone()));
-    tables.push((schemas::stg_pc_invoice_lines::TABLE, Zone::Staged, invoice.clone()));
-    tables.push((schemas::rejects_pc_daily_usage::TABLE, Zone::Rejects, rej_u));
-    tables.push((schemas::rejects_pc_invoice_lines::TABLE, Zone::Rejects, rej_i));
+    tables.push((schemas::stg_pc_daily_usage::TABLE, Zone::Staged, TableData::Spool(snap.paths.usage.clone())));
+    tables.push((schemas::stg_pc_invoice_lines::TABLE, Zone::Staged, TableData::Spool(snap.paths.invoice_lines.clone())));
+    tables.push((schemas::rejects_pc_daily_usage::TABLE, Zone::Rejects, TableData::Spool(snap.paths.rejects_usage.clone())));
+    tables.push((schemas::rejects_pc_invoice_lines::TABLE, Zone::Rejects, TableData::Spool(snap.paths.rejects_invoice.clone())));
     for (t, df) in refs.tables() {
-        tables.push((t, Zone::Staged, df.clone()));
+        tables.push((t, Zone::Staged, TableData::Frame(df.clone())));
     }
-    let done = |tables, files| Ok(Computed { files, tables, invoices: None });
+    let done = |tables, files, spool| Ok(Computed { files, tables, invoices: None, spool });
     if stop == Stop::Ingest {
         pb.finish_and_clear();
-        return done(tables, snap.files);
+        return done(tables, snap.files, spool);
     }
 
     // Microsoft's own arithmetic as a data check, and reconciliation to what Microsoft invoiced.
     pb.set_message("charges");
-    let ms = collect(pipeline::rate::microsoft_subtotal_check(invoice.clone().lazy()), "microsoft_subtotal_check")?;
+    let ms = collect(pipeline::rate::microsoft_subtotal_check(invoice.clone()), "microsoft_subtotal_check")?;
     m.total("microsoft_subtotal_check", frame_json(&ms)?);
 
-    let opts = pipeline::charges::ChargesOptions { has_daily_usage: usage.height() > 0 };
-    let ch = pipeline::charges::int_charges(usage.clone().lazy(), invoice.clone().lazy(), &opts, ctx)?;
-    let charges = collect(ch.charges, "int_charges")?;
+    let opts = pipeline::charges::ChargesOptions { has_daily_usage: usage_rows > 0 };
+    let ch = pipeline::charges::int_charges(usage.clone(), invoice.clone(), &opts, ctx)?;
+    let (charges, charges_path) = spool_table(&spool, ch.charges, schemas::int_charges::TABLE, ctx.period)?;
     let control = collect(ch.control_lines, "int_charges control lines")?;
-    let comparison = collect(ch.control_comparison, "azure control comparison")?;
+    // The comparison reads the charges from the spool, not by re-running the stage.
+    let has_control = ch.source == pipeline::AzureUsageSource::DailyUsage || opts.has_daily_usage;
+    let comparison = if has_control {
+        collect(pipeline::charges::compare_azure(charges.clone(), control.clone().lazy()), "azure control comparison")?
+    } else {
+        DataFrame::empty_with_schema(&pipeline::charges::control_comparison_schema())
+    };
     m.total("azure_usage_source", format!("{:?}", ch.source));
     m.total("azure_control_comparison", frame_json(&comparison)?);
     // Σ cost staged = Σ cost in int_charges + Σ cost of the control-total lines, per source file.
     let staged_cost = concat(
         [
-            usage.clone().lazy().select([col("source_file"), col("billing_pre_tax_total").alias("cost")]),
-            invoice.clone().lazy().select([col("source_file"), col("subtotal").alias("cost")]),
+            usage.clone().select([col("source_file"), col("billing_pre_tax_total").alias("cost")]),
+            invoice.clone().select([col("source_file"), col("subtotal").alias("cost")]),
         ],
         UnionArgs::default(),
     )?;
     let charged_cost = concat(
-        [charges.clone().lazy().select([col("source_file"), col("cost")]), control.clone().lazy().select([col("source_file"), col("cost")])],
+        [charges.clone().select([col("source_file"), col("cost")]), control.clone().lazy().select([col("source_file"), col("cost")])],
         UnionArgs::default(),
     )?;
     invariant(m, "staged = int_charges + control lines (rows and cost per source file)", compare(staged_cost, charged_cost, &["source_file"], "cost", true), &["source_file"])?;
-    reconciliation(m, &invoice, &charges)?;
-    tables.push((schemas::int_charges::TABLE, Zone::Int, charges.clone()));
+    reconciliation(m, invoice.clone(), charges.clone())?;
+    tables.push((schemas::int_charges::TABLE, Zone::Int, TableData::Spool(charges_path)));
     timer.lap("charges");
     if stop == Stop::Charges {
         pb.finish_and_clear();
-        return done(tables, snap.files);
+        return done(tables, snap.files, spool);
     }
 
     pb.set_message("allocation");
-    let al = pipeline::allocate::int_charges_allocated(charges.clone().lazy(), &refs.tag_rules, &refs.org_units, &refs.customers, ctx)
+    let al = pipeline::allocate::int_charges_allocated(charges.clone(), &refs.tag_rules, &refs.org_units, &refs.customers, ctx)
         .map_err(config_failure)?;
     errors_frame(&collect(al.errors, "allocation errors")?, "allocation")?;
-    let allocated = collect(al.allocated, "int_charges_allocated")?;
+    let (allocated, allocated_path) = spool_table(&spool, al.allocated, schemas::int_charges_allocated::TABLE, ctx.period)?;
     let compliance = collect(al.compliance, "int_tag_compliance")?;
     let malformed = collect(al.malformed_tags, "malformed tags")?;
     if malformed.height() > 0 {
@@ -241,44 +272,48 @@ pub fn compute(
         m,
         "int_charges = allocated (cost per source file and customer of origin)",
         compare(
-            charges.clone().lazy().select([col("source_file"), col("customer_id"), col("cost")]),
-            allocated.clone().lazy().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
+            charges.clone().select([col("source_file"), col("customer_id"), col("cost")]),
+            allocated.clone().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
             &keys,
             "cost",
             false,
         ),
         &keys,
     )?;
-    tables.push((schemas::int_charges_allocated::TABLE, Zone::Int, allocated.clone()));
-    tables.push((schemas::int_tag_compliance::TABLE, Zone::Int, compliance));
+    tables.push((schemas::int_charges_allocated::TABLE, Zone::Int, TableData::Spool(allocated_path)));
+    tables.push((schemas::int_tag_compliance::TABLE, Zone::Int, TableData::Frame(compliance)));
     timer.lap("allocate");
     if stop == Stop::Allocate {
         pb.finish_and_clear();
-        return done(tables, snap.files);
+        return done(tables, snap.files, spool);
     }
 
     pb.set_message("rating");
-    let rt = pipeline::rate::int_charges_rated(allocated.clone().lazy(), &refs.rate_cards, &refs.customers, &refs.fx_rates, ctx)
+    let rt = pipeline::rate::int_charges_rated(allocated.clone(), &refs.rate_cards, &refs.customers, &refs.fx_rates, ctx)
         .map_err(config_failure)?;
     errors_frame(&collect(rt.errors, "rating errors")?, "rating")?;
-    let rated = collect(rt.rated, "int_charges_rated")?;
+    let (rated, rated_path) = spool_table(&spool, rt.rated, schemas::int_charges_rated::TABLE, ctx.period)?;
     invariant(
         m,
         "allocated = rated (parts and cost per source file and customer of origin)",
         compare(
-            allocated.clone().lazy().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
-            rated.clone().lazy().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
+            allocated.clone().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
+            rated.clone().select([col("source_file"), col("source_customer_id").alias("customer_id"), col("cost")]),
             &keys,
             "cost",
             true,
         ),
         &keys,
     )?;
-    let count = |status: &str, column: &str| -> Result<usize> {
-        Ok(rated.clone().lazy().filter(col(column).eq(lit(status))).select([len()]).collect()?.column("len")?.get(0)?.extract::<u32>().unwrap_or(0) as usize)
-    };
-    let unpriced = count("unpriced", "status")?;
-    let fallback = count("market_fallback", "fx_source")?;
+    let counts = collect(
+        rated.clone().select([
+            col("status").eq(lit("unpriced")).cast(DataType::Int64).sum().alias("unpriced"),
+            col("fx_source").eq(lit("market_fallback")).cast(DataType::Int64).sum().alias("fallback"),
+        ]),
+        "rated counts",
+    )?;
+    let unpriced = counts.column("unpriced")?.i64()?.get(0).unwrap_or(0) as usize;
+    let fallback = counts.column("fallback")?.i64()?.get(0).unwrap_or(0) as usize;
     m.total("unpriced_parts", unpriced);
     m.total("fx_market_fallback_parts", fallback);
     if fallback > 0 {
@@ -292,17 +327,17 @@ pub fn compute(
             m.check("close: no unpriced charges", false, msg);
         }
     }
-    tables.push((schemas::int_charges_rated::TABLE, Zone::Int, rated.clone()));
+    tables.push((schemas::int_charges_rated::TABLE, Zone::Int, TableData::Spool(rated_path)));
     timer.lap("rate");
     if stop == Stop::Rate {
         pb.finish_and_clear();
-        return done(tables, snap.files);
+        return done(tables, snap.files, spool);
     }
 
     pb.set_message("invoices");
     let inv = pipeline::invoice::fct_invoices(
         pipeline::invoice::InvoiceInputs {
-            rated: rated.clone().lazy(),
+            rated: rated.clone(),
             customers: &refs.customers,
             org_units: &refs.org_units,
             psa_time: &refs.psa_time,
@@ -317,25 +352,24 @@ pub fn compute(
     for c in &inv.checks {
         m.check(&format!("invoice {} adds up", c.invoice_number), c.ok(), c.describe());
     }
-    let detail = collect(inv.detail, "fct_invoice_detail")?;
-    tables.push((schemas::fct_invoices::TABLE, Zone::Marts, inv.invoices.clone()));
-    tables.push((schemas::fct_invoice_lines::TABLE, Zone::Marts, inv.lines.clone()));
-    tables.push((schemas::fct_invoice_detail::TABLE, Zone::Marts, detail.clone()));
+    let (_, detail_path) = spool_table(&spool, inv.detail, schemas::fct_invoice_detail::TABLE, ctx.period)?;
+    tables.push((schemas::fct_invoices::TABLE, Zone::Marts, TableData::Frame(inv.invoices.clone())));
+    tables.push((schemas::fct_invoice_lines::TABLE, Zone::Marts, TableData::Frame(inv.lines.clone())));
+    tables.push((schemas::fct_invoice_detail::TABLE, Zone::Marts, TableData::Spool(detail_path.clone())));
     m.total("invoices", inv.invoices.height());
     timer.lap("invoice");
     pb.finish_and_clear();
-    Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, detail)) })
+    Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, detail_path)), spool })
 }
 
 /// Reconciliation to Microsoft (issue #7): per customer, Σ Subtotal of the invoice file against Σ cost charged
 /// from it and from daily usage, so the MSP sees whether it billed everything it was billed for.
-fn reconciliation(m: &mut Manifest, invoice: &DataFrame, charges: &DataFrame) -> Result<()> {
+fn reconciliation(m: &mut Manifest, invoice: LazyFrame, charges: LazyFrame) -> Result<()> {
     let file = invoice
         .clone()
-        .lazy()
         .group_by([col("customer_id")])
         .agg([col("subtotal").sum().alias("microsoft_invoice_subtotal"), len().cast(DataType::Int64).alias("invoice_lines")]);
-    let charged = charges.clone().lazy().group_by([col("customer_id")]).agg([
+    let charged = charges.group_by([col("customer_id")]).agg([
         col("cost").filter(col("source_kind").eq(lit("invoice_line"))).sum().alias("charged_from_invoice_lines"),
         col("cost").filter(col("source_kind").eq(lit("daily_usage"))).sum().alias("charged_from_daily_usage"),
     ]);
@@ -343,7 +377,8 @@ fn reconciliation(m: &mut Manifest, invoice: &DataFrame, charges: &DataFrame) ->
         .join(charged, [col("customer_id")], [col("customer_id")], JoinArgs::new(JoinType::Full).with_coalesce(JoinCoalesce::CoalesceColumns))
         .sort(["customer_id"], Default::default());
     let df = collect(both, "reconciliation")?;
-    let total = pipeline::decimal::column_sum(invoice, "subtotal")?;
+    let total = collect(invoice.select([col("subtotal").sum()]), "microsoft invoice subtotal")?;
+    let total = pipeline::decimal::column_sum(&total, "subtotal")?;
     m.total("microsoft_invoice_subtotal", total.to_string());
     m.total("reconciliation_by_customer", frame_json(&df)?);
     Ok(())
@@ -391,7 +426,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         DataFrame::empty_with_schema(&schemas::fct_invoice_lines::schema())
     };
     let snapshot_dir = cfg.partner_center_location(period);
-    let computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer)?;
+    let spool_dir = cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d));
+    let spool = crate::spool::Spool::new(spool_dir.as_deref().map(Path::new))?;
+    let computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
     m.inputs = Value::Array(computed.files.iter().map(file_json).collect());
 
     // Nothing is written before every invariant holds: a failed run publishes nothing and names the numbers.
@@ -405,28 +442,31 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             Some(crate::inputs::SourceKind::InvoiceLines) => "pc_invoice_lines",
             None => "pc_other",
         };
-        let bytes = read_input(&f.path, &f.name)?;
-        if wh.land_raw(source, &raw_name(&f.name), &f.sha256, bytes.into())? {
+        if wh.land_raw_file(source, &raw_name(&f.name), &f.sha256, &f.path)? {
             landed += 1;
         }
     }
     m.total("raw_files_landed", json!({"new": landed, "already_there": computed.files.len() - landed}));
-    for (table, zone, df) in &computed.tables {
-        let out = txn.write_table(table, *zone, &mut df.clone()).with_context(|| format!("writing `{table}`"))?;
+    timer.lap("land raw");
+    for (table, zone, data) in &computed.tables {
+        let out = match data {
+            TableData::Frame(df) => txn.write_table(table, *zone, &mut df.clone()),
+            TableData::Spool(t) => txn.write_table_file(table, *zone, &t.path, t.period_column),
+        }
+        .with_context(|| format!("writing `{table}`"))?;
         m.outputs.push(OutputTable { table: out.table, zone: out.zone, path: out.path, rows: out.rows, bytes: out.bytes, sha256: out.sha256 });
     }
+    timer.lap("write tables");
     if let Some((invoices, lines, detail)) = &computed.invoices {
-        let tmp = tempfile::tempdir().context("creating a temporary folder for exports")?;
+        let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for exports")?;
         let issuer = crate::exports::Issuer::from(&cfg.partner);
-        let written = crate::exports::write_exports(tmp.path(), invoices, lines, detail, &issuer)?;
+        let details = crate::exports::DetailByInvoice::split(detail, invoices, tmp.path())?;
+        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str| details.get(n), &issuer)?;
         for path in written {
             let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-            let bytes = std::fs::read(&path).with_context(|| format!("reading export `{}`", path.display()))?;
-            let sha = crate::inputs_sha256(&bytes);
-            let len = bytes.len() as u64;
             let target = format!("marts/exports/{rel}");
-            txn.put_file(&target, bytes.into())?;
-            m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: len, sha256: sha });
+            let out = txn.put_local_file(&target, &path)?;
+            m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
     timer.lap("write");
@@ -453,11 +493,6 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     Ok(())
 }
 
-/// The bytes of an input file as received; a v2 blob (`folder/blob.json.gz`) is read from inside its folder.
-fn read_input(path: &Path, name: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("re-reading input `{name}` for the raw zone"))
-}
-
 /// The file name a raw object is stored under: the input's name with folders flattened.
 fn raw_name(name: &str) -> String {
     name.replace(['/', '\\'], "__")
@@ -469,6 +504,7 @@ fn file_json(f: &FileStats) -> Value {
         "name": f.name, "path": f.path.display().to_string(), "sha256": f.sha256, "bytes": f.bytes,
         "kind": f.kind.map(|k| format!("{k:?}")), "format": f.format,
         "rows_in": f.rows_in, "staged": f.staged, "rejected": f.rejected, "duplicates": f.duplicates, "set_aside": f.set_aside,
+        "other_period": f.other_period, "cost_other_period": f.cost_other_period.to_string(),
         "cost_in": f.cost_in.to_string(), "cost_staged": f.cost_staged.to_string(), "cost_rejected": f.cost_rejected.to_string(),
         "cost_duplicates": f.cost_duplicates.to_string(), "cost_set_aside": f.cost_set_aside.to_string(),
         "rounded_values": f.rounded_values, "padded_sku_ids": f.padded_sku_ids, "unknown_columns": f.unknown_columns,

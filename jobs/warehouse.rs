@@ -338,6 +338,38 @@ impl Warehouse {
         self.inner.put_create(&path, bytes)
     }
 
+    /// Lands an input file unchanged at `raw/SOURCE/sha256=HEX/NAME`, streamed from disk (multipart for big
+    /// files) and hashed on the way; false when it was already there. A file whose bytes no longer hash to
+    /// `sha256` (it changed since it was read) is removed again and fails the run.
+    pub fn land_raw_file(&self, source: &str, name: &str, sha256: &str, local: &std::path::Path) -> Result<bool> {
+        check_segment("raw source", source)?;
+        check_segment("input file name", name)?;
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Failure::usage(format!(
+                "`{sha256}` is not a lower-case hex SHA-256; pass the digest of `{name}`"
+            ))
+            .into());
+        }
+        let path = format!("raw/{source}/sha256={sha256}/{name}");
+        if self.inner.exists(&path)? {
+            return Ok(false);
+        }
+        // Content-addressed: two runs landing the same file at once write the same bytes.
+        let (_, actual) = self.inner.upload_file(&path, local)?;
+        if actual != sha256 {
+            let _ = self.inner.delete(&path);
+            return Err(Failure::invariant(format!(
+                "`{name}` has SHA-256 {actual}, not {sha256} as when it was read; the file changed during the run: re-run"
+            ))
+            .into());
+        }
+        Ok(true)
+    }
+
     /// The manifests of every commit of a period, oldest first (paths relative to the root).
     pub fn list_manifests(&self, period: Period) -> Result<Vec<String>> {
         let wh = &self.inner;
@@ -434,6 +466,67 @@ impl Txn {
             .collect()
             .with_context(|| format!("computing table `{table}`"))?;
         self.write_table(table, zone, &mut df)
+    }
+
+    /// Writes a table spooled as a Parquet file (already without the `period` column, which was at
+    /// `period_column`), streaming it to the run's private prefix and hashing it on the way. Published by `commit`
+    /// at `zone/TABLE/period=P/part-0.parquet`.
+    pub fn write_table_file(
+        &mut self,
+        table: &str,
+        zone: Zone,
+        local: &std::path::Path,
+        period_column: Option<usize>,
+    ) -> Result<TableOutput> {
+        check_segment("table name", table)?;
+        if zone == Zone::Raw {
+            return Err(Failure::invariant(format!(
+                "table `{table}` cannot be written to `raw/`, which holds input files only: use `land_raw`"
+            ))
+            .into());
+        }
+        let rows = {
+            let f = std::fs::File::open(local)
+                .with_context(|| format!("opening the spooled table `{}`", local.display()))?;
+            ParquetReader::new(f)
+                .num_rows()
+                .with_context(|| format!("reading the row count of `{}`", local.display()))? as u64
+        };
+        let path = table_path(table, zone, self.period);
+        let data = format!("{}/{path}", run_prefix(self.period, &self.run_id));
+        let (bytes, sha256) = self.wh.upload_file(&data, local)?;
+        let entry = FileEntry {
+            path: path.clone(),
+            data,
+            table: Some(table.to_string()),
+            zone: Some(zone.dir().to_string()),
+            rows: Some(rows),
+            bytes,
+            sha256: sha256.clone(),
+            period_column,
+        };
+        self.files.insert(path.clone(), entry);
+        Ok(TableOutput { table: table.to_string(), zone: zone.dir().to_string(), path, rows, bytes, sha256 })
+    }
+
+    /// Writes a local file (an export) at `rel_path` below the root, streamed and hashed; published with the
+    /// commit.
+    pub fn put_local_file(&mut self, rel_path: &str, local: &std::path::Path) -> Result<FileEntry> {
+        check_rel_path(rel_path, false)?;
+        let data = format!("{}/{rel_path}", run_prefix(self.period, &self.run_id));
+        let (bytes, sha256) = self.wh.upload_file(&data, local)?;
+        let entry = FileEntry {
+            path: rel_path.to_string(),
+            data,
+            table: None,
+            zone: None,
+            rows: None,
+            bytes,
+            sha256,
+            period_column: None,
+        };
+        self.files.insert(rel_path.to_string(), entry.clone());
+        Ok(entry)
     }
 
     /// Writes any other file of the run (exports) at `rel_path` below the root, published with the commit.
@@ -619,6 +712,50 @@ impl Inner {
         self.block(self.store.put(&p, PutPayload::from_bytes(bytes)))
             .map_err(|e| self.store_err("writing", path, e))?;
         Ok(())
+    }
+
+    /// Whether an object exists.
+    fn exists(&self, path: &str) -> Result<bool> {
+        let p = store_path(path)?;
+        match self.block(self.store.head(&p)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.store_err("checking", path, e)),
+        }
+    }
+
+    /// Streams a local file to `path` (one PUT when small, a multipart upload when large), hashing the bytes as
+    /// they pass: returns (bytes, SHA-256 hex). Memory stays at the upload buffer, whatever the file's size.
+    fn upload_file(&self, path: &str, local: &std::path::Path) -> Result<(u64, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let p = store_path(path)?;
+        let store = Arc::clone(&self.store);
+        let res: std::result::Result<(u64, String), std::io::Error> = self.block(async move {
+            let mut f = tokio::fs::File::open(local).await?;
+            let mut w = object_store::buffered::BufWriter::with_capacity(store, p, 16 << 20);
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 4 << 20];
+            let mut n = 0u64;
+            loop {
+                let k = f.read(&mut buf).await?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                w.write_all(&buf[..k]).await?;
+                n += k as u64;
+            }
+            w.shutdown().await?;
+            Ok((n, hex::encode(h.finalize())))
+        });
+        res.map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "uploading `{}` to `{path}` in warehouse `{}`; {}",
+                local.display(),
+                self.url,
+                what_to_check(&self.url)
+            ))
+        })
     }
 
     /// Conditional create: false when the object already exists.

@@ -86,7 +86,11 @@ fn sample_month_runs_balances_and_reads_back() {
     assert_eq!(m["status"], "committed");
     // Every staged row is accounted for, per file.
     for f in m["inputs"].as_array().unwrap() {
-        let rows = f["staged"].as_u64().unwrap() + f["rejected"].as_u64().unwrap() + f["duplicates"].as_u64().unwrap() + f["set_aside"].as_u64().unwrap();
+        let rows = f["staged"].as_u64().unwrap()
+            + f["rejected"].as_u64().unwrap()
+            + f["duplicates"].as_u64().unwrap()
+            + f["set_aside"].as_u64().unwrap()
+            + f["other_period"].as_u64().unwrap();
         assert_eq!(rows, f["rows_in"].as_u64().unwrap(), "{f}");
         assert!(f["rows_in"].as_u64().unwrap() > 0);
     }
@@ -97,6 +101,17 @@ fn sample_month_runs_balances_and_reads_back() {
     assert_eq!(sum(&charges, "cost"), sum(&allocated, "cost"));
     assert_eq!(sum(&allocated, "cost"), sum(&rated, "cost"));
     assert_eq!(allocated.height(), rated.height());
+    // Ids stay ids through the streaming stages: every staged row has its own `line_id`, every part its own
+    // `part_id`, and every priced part is one detail row.
+    let usage = table(&ws, "staged", "stg_pc_daily_usage");
+    let staged_lines = usage.height() + table(&ws, "staged", "stg_pc_invoice_lines").height();
+    assert_eq!(usage.column("line_id").unwrap().n_unique().unwrap(), usage.height());
+    assert_eq!(charges.column("line_id").unwrap().n_unique().unwrap(), charges.height());
+    assert!(charges.height() <= staged_lines);
+    assert_eq!(rated.column("part_id").unwrap().n_unique().unwrap(), rated.height());
+    let detail = table(&ws, "marts", "fct_invoice_detail");
+    let priced = rated.column("status").unwrap().str().unwrap().iter().filter(|s| *s == Some("priced")).count();
+    assert_eq!(detail.height(), priced);
     // Invoices add up: subtotal = Σ lines, total = subtotal + tax, tax 0.
     let invoices = table(&ws, "marts", "fct_invoices");
     let lines = table(&ws, "marts", "fct_invoice_lines");

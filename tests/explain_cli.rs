@@ -3,12 +3,7 @@
 
 use std::process::Command;
 
-#[allow(dead_code)]
-#[path = "../jobs/error.rs"]
-mod error;
-#[allow(dead_code)]
-#[path = "../jobs/warehouse.rs"]
-mod warehouse;
+use cspbill::warehouse;
 
 use pipeline::reference::{RefTable, stage_reference};
 use pipeline::{Period, RunContext};

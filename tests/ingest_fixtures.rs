@@ -2,12 +2,8 @@
 //! them: row counts, exact sums, ids as text, rounding and padding counts, conservation, stable `line_id`s and
 //! the errors a bad file gives. The expectations come from the fixtures' README, not from the code.
 
-#[path = "../jobs/error.rs"]
-#[allow(dead_code)]
-mod error;
-#[path = "../jobs/inputs.rs"]
-#[allow(dead_code)]
-mod inputs;
+use cspbill::error;
+use cspbill::inputs;
 
 use std::path::{Path, PathBuf};
 

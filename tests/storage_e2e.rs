@@ -3,12 +3,7 @@
 //! compared with the local-folder run (identical rows), the exports are there, and a second run of the same
 //! period against the same store while the first holds it is refused with exit 1.
 
-#[allow(dead_code)]
-#[path = "../jobs/error.rs"]
-mod error;
-#[allow(dead_code)]
-#[path = "../jobs/warehouse.rs"]
-mod warehouse;
+use cspbill::warehouse;
 
 mod common;
 

@@ -9,10 +9,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../jobs/error.rs"]
-mod error;
-#[path = "../jobs/warehouse.rs"]
-mod warehouse;
+use cspbill::warehouse;
 
 mod common;
 

@@ -8,10 +8,8 @@
 
 #![allow(dead_code)]
 
-#[path = "../jobs/error.rs"]
-mod error;
-#[path = "../jobs/warehouse.rs"]
-mod warehouse;
+use cspbill::error;
+use cspbill::warehouse;
 
 mod common;
 

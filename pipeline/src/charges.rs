@@ -114,7 +114,7 @@ pub fn int_charges(
 
 /// Σ cost of Azure consumption (non-credit `azure_usage` charges) per customer and Partner Center subscription,
 /// charged versus control, full outer join so that a subscription seen in only one source is reported too.
-fn compare_azure(charges: LazyFrame, control: LazyFrame) -> LazyFrame {
+pub fn compare_azure(charges: LazyFrame, control: LazyFrame) -> LazyFrame {
     let azure = col(ic::product_family)
         .eq(lit(AZURE_USAGE))
         .and(col(ic::is_credit).not())

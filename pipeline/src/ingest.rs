@@ -4,19 +4,22 @@
 //!
 //! The job (`jobs/inputs.rs`) detects the format, reads the file (CSV through Polars with an all-String schema,
 //! JSON through `serde_json` with `arbitrary_precision`) and hands over a lazy frame whose columns are the staged
-//! column names holding the cell *text*, plus provenance columns (see [`RAW_PROVENANCE`]). Everything from there
-//! on is lazy and elementwise except the occurrence count behind `line_id`, which groups on a 16-byte key.
+//! column names holding the cell *text*, plus provenance columns (see [`RAW_PROVENANCE`]). [`typed_rows`] is
+//! elementwise and streams; the job sinks it to a spool file per input and derives the staged rows, the rejects
+//! and the counts from that spool. The only step that is not per row is the occurrence number behind `line_id`
+//! (identical rows in one file), which the job computes from the 16-byte row keys outside the plan
+//! ([`occurrences`]) and hands back as a small map ([`with_line_ids`]).
 //!
 //! Numbers are parsed by our own exact parser ([`parse_decimal`]) in batch-wise UDFs rather than by Polars' cast,
 //! so that scientific notation (`7.10833E-05`, `0.00E+00`) is exact and values with more than 18 fractional
-//! digits are rounded half-even *and counted* ([`ingest_counts`]), never silently.
+//! digits are rounded half-even *and counted* ([`file_counts`]), never silently.
 
 use chrono::{Datelike, NaiveDate};
 use polars::prelude::*;
 use schemas::{MONEY_PRECISION, MONEY_SCALE, Ty};
 
 use crate::context::Period;
-use crate::decimal::{dec, null_dec};
+use crate::decimal::dec;
 use crate::error::PipelineError;
 use crate::family::product_family;
 use crate::lineid::{line_id, row_key};
@@ -48,6 +51,20 @@ impl SourceKind {
         match self {
             SourceKind::DailyUsage => schemas::stg_pc_daily_usage::schema(),
             SourceKind::InvoiceLines => schemas::stg_pc_invoice_lines::schema(),
+        }
+    }
+    /// Staged table name.
+    pub fn table(self) -> &'static str {
+        match self {
+            SourceKind::DailyUsage => schemas::stg_pc_daily_usage::TABLE,
+            SourceKind::InvoiceLines => schemas::stg_pc_invoice_lines::TABLE,
+        }
+    }
+    /// Rejects table name.
+    pub fn rejects_table(self) -> &'static str {
+        match self {
+            SourceKind::DailyUsage => schemas::rejects_pc_daily_usage::TABLE,
+            SourceKind::InvoiceLines => schemas::rejects_pc_invoice_lines::TABLE,
         }
     }
     /// Rejects table schema.
@@ -500,7 +517,7 @@ fn csv_record(cols: &[String]) -> Expr {
         .cast(DataType::String)
         .map_many(
             |columns: &mut [Column]| {
-                let n = columns.first().map(|c| c.len()).unwrap_or(0);
+                let n = crate::lineid::broadcast(columns);
                 let mut rows = vec![String::new(); n];
                 for (k, c) in columns.iter().enumerate() {
                     for (row, v) in rows
@@ -545,7 +562,7 @@ pub struct StageOptions {
     pub percent: Vec<String>,
 }
 
-/// The two outputs of the typing stage.
+/// The two outputs of the typing stage, for small frames (tests, tools): see [`stg_pc_rows`].
 pub struct Staged {
     /// Rows typed into exactly the staged schema of the kind, with `line_id`.
     pub staged: LazyFrame,
@@ -556,6 +573,23 @@ pub struct Staged {
 fn raw_name(c: &str) -> String {
     format!("__raw_{c}")
 }
+
+/// Column of the typed frame: the reason code of a rejected row (null on a good row).
+pub const REASON_CODE: &str = "__reason_code";
+/// Column of the typed frame: the column a rejected row's reason names.
+pub const REASON_COLUMN: &str = "__column";
+/// Column of the typed frame: cells of the row with digits beyond 18 fractional places (rounded, counted).
+pub const ROUNDED: &str = "__rounded";
+/// Column of the typed frame: whether the row's SkuId was padded.
+pub const PADDED: &str = "__padded";
+/// Column of the typed frame and of the keyed staged rows: the 16-byte row key behind `line_id`.
+pub const ROW_KEY: &str = "row_key";
+
+/// The largest magnitude a Partner Center amount, quantity, price or rate may have: 10^12. Far above any real
+/// row (a trillion in one line), and low enough that no product or quotient of the later stages (prices, FX,
+/// shares, markups up to 100×) can leave `Decimal(38, 18)`, whose integer part holds 20 digits. A row beyond it is
+/// rejected (`value_out_of_range`) instead of aborting the run with an overflow.
+pub const MAX_MAGNITUDE_DIGITS: i32 = 12;
 
 /// The source columns as they stand after adding missing ones: text, empty cells as null.
 fn completed(raw: LazyFrame, opts: &StageOptions) -> LazyFrame {
@@ -593,7 +627,84 @@ fn typed(c: &str, ty: Ty, percent: bool) -> Expr {
     e.alias(c)
 }
 
-/// Checks in order; the first that holds decides a rejected row's code, column and reason.
+/// Number of decimal digits of |m| (0 for 0).
+fn digits(m: i128) -> i32 {
+    let mut u = m.unsigned_abs();
+    let mut n = 0;
+    while u > 0 {
+        u /= 10;
+        n += 1;
+    }
+    n
+}
+
+/// Digits of the integer part of a scale-18 mantissa (0 below 1).
+fn int_digits(m: i128) -> i32 {
+    (digits(m) - MONEY_SCALE as i32).max(0)
+}
+
+/// Expression (Boolean): whether the row's amounts are out of range, so that the products and quotients the later
+/// stages compute (`list = UnitPrice × q × PCToBC × f`, `f = EffectiveUnitPrice / UnitPrice`, a legacy line's
+/// `f = amount / (unitPrice × quantity)`) could overflow `Decimal(38, 18)`: one cell of magnitude ≥ 10^12, the
+/// integer digits of quantity × price × rate above 12, or a price ratio above 10^6. Computed on the mantissas with
+/// integer arithmetic that cannot fail, so the check itself never aborts a batch.
+fn out_of_range(kind: SourceKind) -> Expr {
+    let cols: Vec<&'static str> = kind
+        .source_columns()
+        .into_iter()
+        .filter(|(_, t)| *t == Ty::Dec)
+        .map(|(c, _)| c)
+        .collect();
+    let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+    let args: Vec<Expr> = cols[1..].iter().map(|c| col(*c)).collect();
+    col(cols[0])
+        .map_many(
+            move |columns: &mut [Column]| {
+                let n = crate::lineid::broadcast(columns);
+                let mut mants: Vec<Vec<Option<i128>>> = Vec::with_capacity(columns.len());
+                for c in columns.iter() {
+                    let s = c.as_materialized_series();
+                    mants.push(s.decimal()?.physical().iter().collect());
+                }
+                let at = |name: &str| names.iter().position(|c| c == name);
+                let (iq, ibq, iup, ieup, ir, ia) = (
+                    at("quantity"),
+                    at("billable_quantity"),
+                    at("unit_price"),
+                    at("effective_unit_price"),
+                    at("pc_to_bc_exchange_rate"),
+                    at("amount"),
+                );
+                let get = |k: Option<usize>, i: usize| -> Option<i128> { k.and_then(|k| mants[k][i]) };
+                let out: BooleanChunked = (0..n)
+                    .map(|i| {
+                        let cell_big = mants.iter().any(|m| m[i].is_some_and(|v| int_digits(v) > MAX_MAGNITUDE_DIGITS));
+                        let q = int_digits(get(iq, i).unwrap_or(0)).max(int_digits(get(ibq, i).unwrap_or(0)));
+                        let up = get(iup, i).unwrap_or(0);
+                        let eup = get(ieup, i).unwrap_or(0);
+                        let p = int_digits(up).max(int_digits(eup));
+                        let r = int_digits(get(ir, i).unwrap_or(0));
+                        let product = q + p + r > MAX_MAGNITUDE_DIGITS;
+                        let ratio = up != 0 && digits(eup) - digits(up) > 6;
+                        let legacy = match (get(ia, i), get(iq, i)) {
+                            (Some(a), Some(qv)) if a != 0 && up != 0 && qv != 0 => {
+                                digits(a) + MONEY_SCALE as i32 - digits(up) - digits(qv) > 7
+                            }
+                            _ => false,
+                        };
+                        Some(cell_big || product || ratio || legacy)
+                    })
+                    .collect();
+                Ok(out.with_name("__out_of_range".into()).into_column())
+            },
+            &args,
+            |_, _| Ok(Field::new("__out_of_range".into(), DataType::Boolean)),
+        )
+        .alias("__out_of_range")
+}
+
+/// Checks in order; the first that holds decides a rejected row's code, column and reason. The reason
+/// expressions build text, so they are only evaluated on rejected rows ([`rejected_rows`]).
 fn checks(opts: &StageOptions) -> Vec<(Expr, Expr, &'static str, Expr)> {
     let mut out = Vec::new();
     out.push((
@@ -631,7 +742,7 @@ fn checks(opts: &StageOptions) -> Vec<(Expr, Expr, &'static str, Expr)> {
             concat_str(
                 [
                     lit(format!("column `{c}` holds `")),
-                    col(raw_name(c)),
+                    col(raw_name(c)).str().slice(lit(0i64), lit(200u64)),
                     lit(format!(
                         "`, which is not {what}: correct the value or re-download the export"
                     )),
@@ -641,6 +752,19 @@ fn checks(opts: &StageOptions) -> Vec<(Expr, Expr, &'static str, Expr)> {
             ),
         ));
     }
+    let qty = match opts.kind {
+        SourceKind::DailyUsage => "quantity",
+        SourceKind::InvoiceLines => "billable_quantity",
+    };
+    out.push((
+        col("__out_of_range"),
+        lit("value_out_of_range"),
+        qty,
+        lit(format!(
+            "an amount, quantity, price or rate of this row (or quantity × price × exchange rate, or a price ratio) \
+             is beyond 10^{MAX_MAGNITUDE_DIGITS}, far outside any real Partner Center line: correct the row or re-download the export"
+        )),
+    ));
     out
 }
 
@@ -655,10 +779,38 @@ fn first_of(
     e
 }
 
-/// The typing stage: raw text frame → (staged rows, rejected rows). Pure and lazy.
+/// The period a row belongs to: its `UsageDate` month for usage, the ingested period for invoice lines.
+fn period_of_row(opts: &StageOptions) -> Expr {
+    match opts.kind {
+        SourceKind::DailyUsage => coalesce(&[
+            col("usage_date").dt().strftime("%Y-%m"),
+            lit(opts.period.to_string()),
+        ]),
+        SourceKind::InvoiceLines => lit(opts.period.to_string()),
+    }
+}
+
+/// Staged columns of the kind without `line_id` (given later, once occurrences are known), plus [`ROW_KEY`].
+pub fn keyed_columns(kind: SourceKind) -> Vec<(&'static str, DataType)> {
+    let mut cols: Vec<(&'static str, DataType)> = kind
+        .columns()
+        .iter()
+        .filter(|(c, _)| *c != "line_id")
+        .map(|(c, t)| (*c, t.dtype()))
+        .collect();
+    cols.push((ROW_KEY, DataType::Binary));
+    cols
+}
+
+/// The typing stage, elementwise and streamable: raw text frame → one row per input row with every staged
+/// column typed (except `line_id`), [`ROW_KEY`], the reject decision ([`REASON_CODE`], [`REASON_COLUMN`], null
+/// on good rows), the counts ([`ROUNDED`], [`PADDED`]) and, on rejected rows only, the text of every present cell
+/// (`__raw_<column>`, null on good rows, so a spool of this frame stays small). The job sinks it once per file
+/// and derives the staged rows ([`staged_rows`]), the rejects ([`rejected_rows`]) and the per-file counts
+/// ([`file_counts`]) from that spool, so the input is parsed once.
 ///
 /// `raw` has the staged names of the columns in `opts.present` as text, plus the [`RAW_PROVENANCE`] columns.
-pub fn stg_pc_rows(raw: LazyFrame, opts: &StageOptions) -> crate::Result<Staged> {
+pub fn typed_rows(raw: LazyFrame, opts: &StageOptions) -> crate::Result<LazyFrame> {
     let kind = opts.kind;
     let typed_exprs: Vec<Expr> = kind
         .source_columns()
@@ -666,114 +818,234 @@ pub fn stg_pc_rows(raw: LazyFrame, opts: &StageOptions) -> crate::Result<Staged>
         .map(|(c, ty)| typed(c, ty, opts.percent.iter().any(|p| p == c)))
         .collect();
     let checks = checks(opts);
-    let base = completed(raw, opts)
-        .with_columns(typed_exprs)
-        .with_columns([
-            first_of(&checks, |c| c.1.clone()).alias("__reason_code"),
-            first_of(&checks, |c| lit(c.2)).alias("__column"),
-            first_of(&checks, |c| c.3.clone()).alias("__reason"),
-        ]);
-
-    let period_of_row = match kind {
-        SourceKind::DailyUsage => coalesce(&[
-            col("usage_date").dt().strftime("%Y-%m"),
-            lit(opts.period.to_string()),
-        ]),
-        SourceKind::InvoiceLines => lit(opts.period.to_string()),
+    let present = |c: &str| opts.present.iter().any(|p| p == c);
+    let rounded: Vec<Expr> = kind
+        .source_columns()
+        .into_iter()
+        .filter(|(c, ty)| *ty == Ty::Dec && present(c))
+        .map(|(c, _)| decimal_is_rounded(col(raw_name(c))).cast(DataType::Int32))
+        .collect();
+    let rounded = rounded.into_iter().reduce(|a, b| a + b).unwrap_or(lit(0i32));
+    let padded = if present("sku_id") {
+        sku_is_padded(col(raw_name("sku_id")))
+    } else {
+        lit(false)
     };
+    let bad = col(REASON_CODE).is_not_null();
+    let mut masked: Vec<Expr> = opts
+        .present
+        .iter()
+        .filter(|p| *p != "line_kind")
+        .map(|p| {
+            when(bad.clone())
+                .then(col(raw_name(p)))
+                .otherwise(lit(NULL).cast(DataType::String))
+                .alias(raw_name(p))
+        })
+        .collect();
+    masked.push(when(bad.clone()).then(col("raw")).otherwise(lit(NULL).cast(DataType::String)).alias("raw"));
+    let mut derived = vec![period_of_row(opts).alias("period"), product_family(kind)];
+    if kind == SourceKind::DailyUsage {
+        derived.push(col("invoice_number").is_not_null().alias("is_billed"));
+    }
+    let mut select: Vec<Expr> = keyed_columns(kind)
+        .into_iter()
+        .filter(|(c, _)| *c != ROW_KEY)
+        .map(|(c, t)| col(c).cast(t).alias(c))
+        .collect();
+    select.push(col(ROW_KEY));
+    select.extend([
+        col(REASON_CODE),
+        col(REASON_COLUMN),
+        col(ROUNDED),
+        col(PADDED),
+        col("row_problem"),
+        col("row_problem_reason"),
+        col("raw"),
+    ]);
+    select.extend(
+        opts.present
+            .iter()
+            .filter(|p| *p != "line_kind")
+            .map(|p| col(raw_name(p))),
+    );
+    let lf = completed(raw, opts)
+        .with_columns(typed_exprs)
+        .with_column(out_of_range(kind))
+        .with_columns([
+            first_of(&checks, |c| c.1.clone()).alias(REASON_CODE),
+            first_of(&checks, |c| lit(c.2)).alias(REASON_COLUMN),
+            rounded.alias(ROUNDED),
+            padded.alias(PADDED),
+        ])
+        .with_columns(derived)
+        .with_column(
+            when(bad)
+                .then(lit(NULL).cast(DataType::Binary))
+                .otherwise(row_key(kind))
+                .alias(ROW_KEY),
+        )
+        .with_columns(masked)
+        .select(select);
+    Ok(lf)
+}
 
-    // Rejects: the row's text as the reader had it, else rebuilt from the cells in file order.
+/// Good rows of the typed frame that belong to the period, in the keyed schema ([`keyed_columns`]).
+pub fn staged_rows(typed: LazyFrame, kind: SourceKind, period: Period) -> LazyFrame {
+    typed
+        .filter(col(REASON_CODE).is_null().and(col("period").eq(lit(period.to_string()))))
+        .select(keyed_columns(kind).into_iter().map(|(c, _)| col(c)).collect::<Vec<_>>())
+}
+
+/// Rejected rows of the typed frame, in exactly the `rejects_pc_*` schema: the reason text is built here, on the
+/// rejected rows only; `raw` is the row's text as the reader had it, else rebuilt from the cells in file order.
+pub fn rejected_rows(typed: LazyFrame, opts: &StageOptions) -> LazyFrame {
+    let checks = checks(opts);
     let raw_cols: Vec<String> = opts
         .present
         .iter()
         .filter(|p| *p != "line_kind")
         .map(|p| raw_name(p))
         .collect();
-    let rejects = base
-        .clone()
-        .filter(col("__reason_code").is_not_null())
-        .select([
-            period_of_row.clone().alias("period"),
-            col("source_file"),
-            col("line_number").cast(DataType::Int64),
-            col("__reason_code").alias("reason_code"),
-            col("__reason").alias("reason"),
-            col("__column").alias("column"),
-            coalesce(&[col("raw"), csv_record(&raw_cols)]).alias("raw"),
-            col(kind.cost_column())
-                .cast(schemas::money())
-                .alias("billing_pre_tax_total"),
-        ]);
-
-    let mut derived = vec![period_of_row.alias("period"), product_family(kind)];
-    if kind == SourceKind::DailyUsage {
-        derived.push(col("invoice_number").is_not_null().alias("is_billed"));
-    }
-    let staged = base
-        .filter(col("__reason_code").is_null())
-        .with_columns(derived)
-        .with_column(row_key(kind))
-        .with_column(
-            col("row_key")
-                .cum_count(false)
-                .over([col("source_file"), col("row_key")])
-                .map_err(PipelineError::polars("ingest"))?
-                .alias("__occurrence"),
-        )
-        .with_column(line_id(kind, col("row_key"), col("__occurrence")))
-        .select(
-            kind.columns()
-                .iter()
-                .map(|(c, ty)| col(*c).cast(ty.dtype()).alias(*c))
-                .collect::<Vec<_>>(),
-        );
-    Ok(Staged { staged, rejects })
-}
-
-/// Per-file counts over the raw frame, for the conservation check: `source_file`, `rows_in`, `cost_in` (Σ of
-/// the cost column parsed from its raw text), `rounded_values` (cells with digits beyond 18 places) and
-/// `padded_sku_ids`. Pure and lazy; the job collects the (one-row-per-file) result.
-pub fn ingest_counts(raw: LazyFrame, opts: &StageOptions) -> LazyFrame {
-    let kind = opts.kind;
-    let present = |c: &str| opts.present.iter().any(|p| p == c);
-    let rounded: Vec<Expr> = kind
+    // The checks read `__out_of_range`, which the spool does not keep: on a rejected row it holds exactly when
+    // no earlier check did, which the reason code says.
+    let absent: Vec<Expr> = opts
+        .kind
         .source_columns()
         .into_iter()
-        .filter(|(c, ty)| *ty == Ty::Dec && present(c))
-        .map(|(c, _)| decimal_is_rounded(col(c)).cast(DataType::Int64))
+        .filter(|(c, _)| !opts.present.iter().any(|p| p == c))
+        .map(|(c, _)| lit(NULL).cast(DataType::String).alias(raw_name(c)))
         .collect();
-    let rounded = rounded
-        .into_iter()
-        .reduce(|a, b| a + b)
-        .unwrap_or(lit(0i64));
-    let cost = if present(kind.cost_column()) {
-        decimal_from_text(col(kind.cost_column()))
-    } else {
-        null_dec()
-    };
-    let padded = if present("sku_id") {
-        sku_is_padded(col("sku_id")).cast(DataType::Int64)
-    } else {
-        lit(0i64)
-    };
-    raw.group_by_stable([col("source_file")]).agg([
+    typed
+        .filter(col(REASON_CODE).is_not_null())
+        .with_columns(absent)
+        .with_column(col(REASON_CODE).eq(lit("value_out_of_range")).alias("__out_of_range"))
+        .select([
+            // A reject belongs to the run that read it, whatever the date it carries.
+            lit(opts.period.to_string()).alias("period"),
+            col("source_file"),
+            col("line_number").cast(DataType::Int64),
+            col(REASON_CODE).alias("reason_code"),
+            first_of(&checks, |c| c.3.clone()).alias("reason"),
+            col(REASON_COLUMN).alias("column"),
+            coalesce(&[col("raw"), csv_record(&raw_cols)]).alias("raw"),
+            col(opts.kind.cost_column())
+                .cast(schemas::money())
+                .alias("billing_pre_tax_total"),
+        ])
+}
+
+/// Per-file counts of the typed frame (one row): `rows_in`, `cost_in` (Σ of the cost column as parsed, over every
+/// row), `rounded_values`, `padded_sku_ids`, and rows and Σ cost rejected and of other periods (good rows whose
+/// `UsageDate` is in another month: set aside, billed in their own period's run).
+pub fn file_counts(typed: LazyFrame, kind: SourceKind, period: Period) -> LazyFrame {
+    let cost = col(kind.cost_column());
+    let bad = col(REASON_CODE).is_not_null();
+    let other = bad.clone().not().and(col("period").neq(lit(period.to_string())));
+    typed.select([
         len().cast(DataType::Int64).alias("rows_in"),
-        cost.sum().alias("cost_in"),
-        rounded.sum().cast(DataType::Int64).alias("rounded_values"),
-        padded.sum().cast(DataType::Int64).alias("padded_sku_ids"),
+        cost.clone().sum().alias("cost_in"),
+        col(ROUNDED).cast(DataType::Int64).sum().alias("rounded_values"),
+        col(PADDED).cast(DataType::Int64).sum().alias("padded_sku_ids"),
+        bad.clone().cast(DataType::Int64).sum().alias("rejected"),
+        cost.clone().filter(bad).sum().alias("cost_rejected"),
+        other.clone().cast(DataType::Int64).sum().alias("other_period"),
+        cost.filter(other.clone()).sum().alias("cost_other_period"),
+        col("period").filter(other.clone()).min().alias("first_other_period"),
+        col("period").filter(other).max().alias("last_other_period"),
     ])
 }
 
-/// Marks rows whose `line_id` an earlier row of the frame already has (`is_duplicate`). The frame must hold the
-/// staged rows of all files of a snapshot in file order: the first file to deliver a row keeps it. Within one
-/// file ids are distinct by construction (occurrence), so only rows repeated across files are marked.
-pub fn mark_duplicates(staged_all: LazyFrame) -> crate::Result<LazyFrame> {
-    let first_seen = col("line_id")
-        .cum_count(false)
-        .over([col("line_id")])
-        .map_err(PipelineError::polars("ingest"))?;
-    Ok(staged_all.with_column(first_seen.gt(lit(1u32)).alias("is_duplicate")))
+/// Expression: `line_id` of keyed staged rows of one file, whose repeated row keys got their occurrence numbers
+/// outside the plan (`occurrence`: line number → occurrence, for the few rows whose key repeats in the file;
+/// every other row is occurrence 1).
+pub fn line_id_with(kind: SourceKind, occurrence: std::sync::Arc<std::collections::HashMap<i64, i64>>) -> Expr {
+    let occ = if occurrence.is_empty() {
+        lit(1i64)
+    } else {
+        col("line_number").map(
+            move |c: Column| {
+                let ca = c.as_materialized_series().i64()?.clone();
+                let out: Int64Chunked = ca.iter().map(|l| Some(l.and_then(|l| occurrence.get(&l).copied()).unwrap_or(1))).collect();
+                Ok(out.with_name("occurrence".into()).into_column())
+            },
+            |_, _| Ok(Field::new("occurrence".into(), DataType::Int64)),
+        )
+    };
+    line_id(kind, col(ROW_KEY), occ)
 }
+
+/// Final staged rows of one file from its keyed rows: rows whose line number is in `duplicates` (already
+/// delivered by an earlier file) removed, `line_id` added, exactly the staged schema.
+pub fn with_line_ids(
+    keyed: LazyFrame,
+    kind: SourceKind,
+    occurrence: std::sync::Arc<std::collections::HashMap<i64, i64>>,
+    duplicates: std::sync::Arc<std::collections::HashSet<i64>>,
+) -> LazyFrame {
+    let lf = if duplicates.is_empty() { keyed } else { keyed.filter(not_in(duplicates)) };
+    lf.with_column(line_id_with(kind, occurrence)).select(
+        kind.columns()
+            .iter()
+            .map(|(c, ty)| col(*c).cast(ty.dtype()).alias(*c))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Expression (Boolean): `line_number` is not in the set.
+fn not_in(set: std::sync::Arc<std::collections::HashSet<i64>>) -> Expr {
+    col("line_number").map(
+        move |c: Column| {
+            let ca = c.as_materialized_series().i64()?.clone();
+            let out: BooleanChunked = ca.iter().map(|l| Some(!l.is_some_and(|l| set.contains(&l)))).collect();
+            Ok(out.with_name("keep".into()).into_column())
+        },
+        |_, _| Ok(Field::new("keep".into(), DataType::Boolean)),
+    )
+}
+
+/// Rows of a file as (row key, line number), the input of [`occurrences`].
+pub type KeyRow = ([u8; 16], i64);
+
+/// Occurrence numbers of rows whose key repeats within one file, in line order: line number → occurrence (2, 3,
+/// ...); rows absent from the map are occurrence 1. `rows` need not be sorted.
+pub fn occurrences(rows: &mut [KeyRow]) -> std::collections::HashMap<i64, i64> {
+    rows.sort_unstable();
+    let mut out = std::collections::HashMap::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let mut j = i + 1;
+        while j < rows.len() && rows[j].0 == rows[i].0 {
+            out.insert(rows[j].1, (j - i + 1) as i64);
+            j += 1;
+        }
+        i = j;
+    }
+    out
+}
+
+/// The typing stage on a small frame, all at once: staged rows (with `line_id`, occurrences counted in memory) and
+/// rejects. The job runs the same functions file by file through spool files (`jobs/inputs.rs`); this composition
+/// serves tests and tools on small frames.
+pub fn stg_pc_rows(raw: LazyFrame, opts: &StageOptions) -> crate::Result<Staged> {
+    let typed = typed_rows(raw, opts)?
+        .collect()
+        .map_err(PipelineError::polars("ingest"))?;
+    let keyed = staged_rows(typed.clone().lazy(), opts.kind, opts.period)
+        .collect()
+        .map_err(PipelineError::polars("ingest"))?;
+    let keys = keyed.column(ROW_KEY).map_err(PipelineError::polars("ingest"))?.binary().map_err(PipelineError::polars("ingest"))?.clone();
+    let lines = keyed.column("line_number").map_err(PipelineError::polars("ingest"))?.i64().map_err(PipelineError::polars("ingest"))?.clone();
+    let mut rows: Vec<KeyRow> = keys
+        .iter()
+        .zip(lines.iter())
+        .filter_map(|(k, l)| Some((k?.try_into().ok()?, l?)))
+        .collect();
+    let occ = std::sync::Arc::new(occurrences(&mut rows));
+    let staged = with_line_ids(keyed.lazy(), opts.kind, occ, Default::default());
+    Ok(Staged { staged, rejects: rejected_rows(typed.lazy(), opts) })
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -1011,33 +1283,55 @@ mod tests {
             ("11/02/2025", "0.1999968000511991808131", "3", "15", "G1"),
             ("11/02/2025", "x", "0003", "15", "G1"),
             ("11/02/2025", "2.5", "016X", "15", "G1"),
+            ("10/31/2025", "4", "016X", "15", "G1"),
         ]);
-        let df = ingest_counts(raw, &opts).collect().unwrap();
-        assert_eq!(df.column("rows_in").unwrap().i64().unwrap().get(0), Some(3));
-        assert_eq!(
-            df.column("rounded_values").unwrap().i64().unwrap().get(0),
-            Some(1)
-        );
-        assert_eq!(
-            df.column("padded_sku_ids").unwrap().i64().unwrap().get(0),
-            Some(1)
-        );
-        let cost = any_to_decimal(&df.column("cost_in").unwrap().get(0).unwrap()).unwrap();
-        assert_eq!(cost, "2.699996800051199181".parse::<Decimal>().unwrap());
+        let typed = typed_rows(raw, &opts).unwrap();
+        let df = file_counts(typed, opts.kind, opts.period).collect().unwrap();
+        let int = |c: &str| df.column(c).unwrap().i64().unwrap().get(0);
+        assert_eq!(int("rows_in"), Some(4));
+        assert_eq!(int("rounded_values"), Some(1));
+        assert_eq!(int("padded_sku_ids"), Some(1));
+        assert_eq!(int("rejected"), Some(1));
+        assert_eq!(int("other_period"), Some(1));
+        let dec_at = |c: &str| any_to_decimal(&df.column(c).unwrap().get(0).unwrap()).unwrap();
+        // 0.1999968000511991808131 rounds half-even to 18 places; `x` counts nothing; + 2.5 + 4.
+        assert_eq!(dec_at("cost_in"), "6.699996800051199181".parse::<Decimal>().unwrap());
+        assert_eq!(dec_at("cost_other_period"), "4".parse::<Decimal>().unwrap());
+        assert_eq!(df.column("first_other_period").unwrap().str().unwrap().get(0), Some("2025-10"));
     }
 
     #[test]
-    fn duplicates_across_files_are_marked_after_the_first() {
-        let df = df!("line_id" => ["a", "b", "a", "c", "b"]).unwrap();
-        let out = mark_duplicates(df.lazy()).unwrap().collect().unwrap();
-        let d: Vec<bool> = out
-            .column("is_duplicate")
-            .unwrap()
-            .bool()
-            .unwrap()
-            .iter()
-            .flatten()
-            .collect();
-        assert_eq!(d, [false, false, true, false, true]);
+    fn occurrences_number_repeated_keys_in_line_order() {
+        let k = |b: u8| [b; 16];
+        let mut rows = vec![(k(1), 9), (k(2), 3), (k(1), 4), (k(1), 7), (k(3), 5)];
+        let occ = occurrences(&mut rows);
+        assert_eq!(occ.len(), 2);
+        assert_eq!(occ.get(&7), Some(&2));
+        assert_eq!(occ.get(&9), Some(&3));
+        assert_eq!(occ.get(&4), None, "the first of a repeated key is occurrence 1");
+    }
+
+    #[test]
+    fn rows_beyond_the_decimal_range_are_rejected_not_fatal() {
+        // Line 2: 10^13 in one cell. Line 3: quantity 1000 × price 1000 × rate 10000 (4 + 4 + 5 integer digits
+        // > 12). Line 4: the same with rate 1 (9 digits) is fine.
+        let (raw, mut opts) = raw_usage(&[
+            ("11/02/2025", "10000000000000", "1", "15", "G1"),
+            ("11/02/2025", "1.5", "1", "15", "G1"),
+            ("11/02/2025", "1.5", "1", "15", "G1"),
+        ]);
+        let raw = raw.with_columns([
+            lit("1000").alias("quantity"),
+            lit("1000").alias("unit_price"),
+            when(col("line_number").eq(lit(3i64))).then(lit("10000")).otherwise(lit("1")).alias("pc_to_bc_exchange_rate"),
+        ]);
+        opts.present.extend(["quantity".to_string(), "unit_price".to_string(), "pc_to_bc_exchange_rate".to_string()]);
+        let out = stg_pc_rows(raw, &opts).unwrap();
+        let staged = out.staged.collect().unwrap();
+        assert_eq!(staged.column("line_number").unwrap().i64().unwrap().get(0), Some(4));
+        assert_eq!(staged.height(), 1);
+        let rej = out.rejects.collect().unwrap();
+        let codes: Vec<&str> = rej.column("reason_code").unwrap().str().unwrap().iter().flatten().collect();
+        assert_eq!(codes, ["value_out_of_range", "value_out_of_range"]);
     }
 }

@@ -130,6 +130,18 @@ pub const INVOICE_KEY_COLUMNS: &[&str] = &[
     "total_other_discount",
 ];
 
+/// Brings every column of a batch-wise UDF's input to the batch's length: a literal argument (`lit(1)`, a column
+/// the reader added as a constant) arrives as one value, and zipping it with the others would cut the batch.
+pub fn broadcast(columns: &mut [Column]) -> usize {
+    let n = columns.iter().map(|c| c.len()).max().unwrap_or(0);
+    for c in columns.iter_mut() {
+        if c.len() == 1 && n > 1 {
+            *c = c.new_from_index(0, n);
+        }
+    }
+    n
+}
+
 /// The key columns of a source kind.
 pub fn key_columns(kind: SourceKind) -> &'static [&'static str] {
     match kind {
@@ -187,8 +199,9 @@ fn feed_column(hashers: &mut [Sha256], c: &Column) -> PolarsResult<()> {
     Ok(())
 }
 
-/// Expression: the 16-byte row key (as `Int128`) of the typed key columns of `kind`. Batch-wise: one pass per
-/// column over the whole batch, no per-row `AnyValue`.
+/// Expression: the 16-byte row key (as `Binary`, 16 bytes: the first half of the SHA-256) of the typed key
+/// columns of `kind`. Binary rather than `Int128` so that it survives a Parquet spool file. Batch-wise: one pass
+/// per column over the whole batch, no per-row `AnyValue`.
 pub fn row_key(kind: SourceKind) -> Expr {
     let cols = key_columns(kind);
     let tag = kind.tag();
@@ -196,7 +209,7 @@ pub fn row_key(kind: SourceKind) -> Expr {
     col(cols[0])
         .map_many(
             move |columns: &mut [Column]| {
-                let n = columns.first().map(|c| c.len()).unwrap_or(0);
+                let n = broadcast(columns);
                 let mut hashers: Vec<Sha256> = (0..n)
                     .map(|_| {
                         let mut h = Sha256::new();
@@ -207,19 +220,20 @@ pub fn row_key(kind: SourceKind) -> Expr {
                 for c in columns.iter() {
                     feed_column(&mut hashers, c)?;
                 }
-                let ca: Int128Chunked = hashers
+                let digests: Vec<[u8; 16]> = hashers
                     .into_iter()
                     .map(|h| {
                         let d = h.finalize();
                         let mut b = [0u8; 16];
                         b.copy_from_slice(&d[..16]);
-                        Some(i128::from_le_bytes(b))
+                        b
                     })
                     .collect();
-                Ok(ca.with_name("row_key".into()).into_column())
+                let ca = BinaryChunked::from_iter_values("row_key".into(), digests.iter().map(|b| &b[..]));
+                Ok(ca.into_column())
             },
             &args,
-            |_, _| Ok(Field::new("row_key".into(), DataType::Int128)),
+            |_, _| Ok(Field::new("row_key".into(), DataType::Binary)),
         )
         .alias("row_key")
 }
@@ -234,18 +248,25 @@ pub fn line_id_of(kind: SourceKind, key: i128, occurrence: i64) -> String {
     hex::encode(h.finalize())
 }
 
-/// Expression: `line_id` from a row-key column (`Int128`) and an occurrence column (integer, 1-based).
+/// The row key's 16 bytes as the integer [`line_id_of`] hashes (little-endian, as the key was first defined).
+pub fn key_of_bytes(b: &[u8]) -> Option<i128> {
+    let arr: [u8; 16] = b.try_into().ok()?;
+    Some(i128::from_le_bytes(arr))
+}
+
+/// Expression: `line_id` from a row-key column (`Binary`, 16 bytes) and an occurrence column (integer, 1-based).
 pub fn line_id(kind: SourceKind, key: Expr, occurrence: Expr) -> Expr {
     key.map_many(
         move |columns: &mut [Column]| {
-            let keys = columns[0].as_materialized_series().i128()?.clone();
+            broadcast(columns);
+            let keys = columns[0].as_materialized_series().binary()?.clone();
             let occ = columns[1].cast(&DataType::Int64)?;
             let occ = occ.as_materialized_series().i64()?.clone();
             let ca: StringChunked = keys
                 .iter()
                 .zip(occ.iter())
                 .map(|(k, o)| match (k, o) {
-                    (Some(k), Some(o)) => Some(line_id_of(kind, k, o)),
+                    (Some(k), Some(o)) => key_of_bytes(k).map(|k| line_id_of(kind, k, o)),
                     _ => None,
                 })
                 .collect();

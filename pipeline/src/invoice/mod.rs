@@ -884,9 +884,11 @@ pub fn fct_invoices(inputs: InvoiceInputs, ctx: &RunContext) -> Result<Invoiced>
             .collect()
     };
 
-    // The one collect of this stage: a row per prospective invoice line (small), see the module comment.
+    // The one collect of this stage: a row per prospective invoice line (small), see the module comment. The
+    // streaming engine reads the month's rated parts batch by batch for it.
     let agg = line_aggregate(inputs.rated.clone())
-        .collect()
+        .collect_with_engine(Engine::Streaming)
+        .map(|r| r.unwrap_single())
         .map_err(PipelineError::polars(STAGE))?;
     let (mut lines, unpriced) = charge_lines(&agg, &unit_names, &mut errors)?;
     for l in &lines {

@@ -1,0 +1,24 @@
+//! The `cspbill` library: the jobs behind the binary (reading inputs, running the stages, writing the
+//! warehouse, exports, manifests), so that tests and tools link them instead of including files. The binary
+//! (`jobs/main.rs`) only parses the command line, installs logging and maps outcomes to exit codes, as ripgrep's
+//! `crates/core/main.rs` does. The pure stages live in the `pipeline` crate, the tables in `schemas`.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod explain;
+pub mod exports;
+pub mod generate;
+pub mod inputs;
+pub mod late;
+pub mod manifest;
+pub mod reference;
+pub mod run;
+pub mod spool;
+pub mod warehouse;
+
+/// SHA-256 of a byte string, lower-case hex: the checksum of every input and output in manifests.
+pub fn inputs_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}

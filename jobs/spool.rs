@@ -1,0 +1,171 @@
+//! The run's spool: a private local folder of Parquet files that the stages stream into and out of, so that no
+//! stage holds a month in memory. A run sinks each big table (typed input rows, staged rows, charges, allocated and
+//! rated parts, invoice detail) here with Polars' streaming engine, the next stage scans it, and the warehouse
+//! uploads the finished files from here (multipart, hashed while read). Small tables (rules, aggregates, invoice
+//! lines) stay `DataFrame`s. The folder is removed when the run ends, however it ends.
+//!
+//! Where: `[run] spool_dir` in `cspbill.toml`, else `CSPBILL_SPOOL`, else the system temporary folder. It needs
+//! about the size of the month's staged Parquet, a fraction of its CSV.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use pipeline::Period;
+use polars::prelude::*;
+
+/// Rows per Parquet row group of every file cspbill writes: fixed, so the same rows give the same bytes whatever
+/// the batch sizes of the streaming engine (byte-identical re-runs).
+pub const ROW_GROUP_ROWS: usize = 122_880;
+
+/// A spool folder, removed on drop.
+#[derive(Debug)]
+pub struct Spool {
+    dir: tempfile::TempDir,
+}
+
+impl Spool {
+    /// A fresh spool below `base` (or `CSPBILL_SPOOL`, or the system temporary folder).
+    pub fn new(base: Option<&Path>) -> Result<Arc<Self>> {
+        let env = std::env::var_os("CSPBILL_SPOOL").map(PathBuf::from);
+        let base = base.map(Path::to_path_buf).or(env);
+        let mut b = tempfile::Builder::new();
+        b.prefix("cspbill-spool-");
+        let dir = match &base {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating the spool folder `{}`", d.display()))?;
+                b.tempdir_in(d)
+            }
+            None => b.tempdir(),
+        }
+        .with_context(|| "creating the run's spool folder: set `[run] spool_dir` in cspbill.toml or CSPBILL_SPOOL to a writable local folder")?;
+        Ok(Arc::new(Self { dir }))
+    }
+
+    /// A path in the spool (its parent folders created).
+    pub fn path(&self, rel: &str) -> Result<PathBuf> {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating `{}`", parent.display()))?;
+        }
+        Ok(p)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The Parquet options of every file cspbill writes: zstd, statistics, fixed row groups.
+pub fn parquet_options() -> Arc<ParquetWriteOptions> {
+    Arc::new(ParquetWriteOptions {
+        compression: ParquetCompression::Zstd(None),
+        statistics: StatisticsOptions::full(),
+        row_group_size: Some(ROW_GROUP_ROWS),
+        data_page_size: None,
+        key_value_metadata: None,
+        arrow_schema: None,
+        compat_level: None,
+    })
+}
+
+/// Streams a plan into a Parquet file (row order kept).
+pub fn sink_parquet(lf: LazyFrame, path: &Path, what: &str) -> Result<()> {
+    let target = PlRefPath::try_from_path(path).map_err(|e| anyhow::anyhow!("spool path `{}`: {e}", path.display()))?;
+    lf.sink(
+        SinkDestination::File { target: SinkTarget::Path(target) },
+        FileWriteFormat::Parquet(parquet_options()),
+        UnifiedSinkArgs::default(),
+    )
+    .and_then(|s| s.collect_with_engine(Engine::Streaming))
+    .map_err(|e| stage_error(what, e))?;
+    Ok(())
+}
+
+/// A lazy scan of a spool file.
+pub fn scan(path: &Path) -> Result<LazyFrame> {
+    let p = PlRefPath::try_from_path(path).map_err(|e| anyhow::anyhow!("spool path `{}`: {e}", path.display()))?;
+    LazyFrame::scan_parquet(p, ScanArgsParquet::default())
+        .map_err(|e| anyhow::anyhow!("scanning spool file `{}`: {e}", path.display()))
+}
+
+/// Collects a plan whose result is small (an aggregate, a filtered few rows) with the streaming engine, so that
+/// the big input it reads is streamed, not loaded.
+pub fn collect(lf: LazyFrame, what: &str) -> Result<DataFrame> {
+    lf.collect_with_engine(Engine::Streaming).map(|r| r.unwrap_single()).map_err(|e| stage_error(what, e))
+}
+
+/// Several plans over shared inputs in one streaming run (each input is read once where Polars can share it).
+pub fn collect_all(lfs: Vec<LazyFrame>, what: &str) -> Result<Vec<DataFrame>> {
+    let plans = lfs.into_iter().map(|lf| lf.logical_plan).collect();
+    LazyFrame::collect_all_with_engine(plans, Engine::Streaming, OptFlags::default()).map_err(|e| stage_error(what, e))
+}
+
+fn stage_error(what: &str, e: PolarsError) -> anyhow::Error {
+    anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{what}` failed: {e}") })
+}
+
+/// Expression (Boolean, all true): fails the plan when a row's `period` is not `period`, naming the table: every
+/// row of a table written for a period must belong to it (the period lives in the Hive path, not in the file).
+fn period_guard(period: Period, table: &str) -> Expr {
+    let want = period.to_string();
+    let table = table.to_string();
+    col(PERIOD).map(
+        move |c: Column| {
+            let s = c.cast(&DataType::String)?;
+            let ca = s.str()?;
+            if let Some(bad) = ca.iter().find(|v| *v != Some(want.as_str())) {
+                polars_bail!(ComputeError: "table `{table}` has a row of period `{}` in a write for period {want}; every row must belong to the period written", bad.unwrap_or("null"));
+            }
+            Ok(BooleanChunked::full("ok".into(), true, ca.len()).into_column())
+        },
+        |_, _| Ok(Field::new("ok".into(), DataType::Boolean)),
+    )
+}
+
+/// The Hive partition column.
+pub const PERIOD: &str = "period";
+
+/// A spooled table: its file (as it will be published: without the `period` column) and where that column goes
+/// back when the table is read.
+#[derive(Clone, Debug)]
+pub struct SpoolTable {
+    pub path: PathBuf,
+    pub period_column: Option<usize>,
+    pub period: Period,
+}
+
+impl SpoolTable {
+    /// A scan of the table with its `period` column restored in place.
+    pub fn scan(&self) -> Result<LazyFrame> {
+        let lf = scan(&self.path)?;
+        Ok(match self.period_column {
+            None => lf,
+            Some(i) => {
+                let schema = lf
+                    .clone()
+                    .collect_schema()
+                    .map_err(|e| anyhow::anyhow!("reading the schema of `{}`: {e}", self.path.display()))?;
+                let mut cols: Vec<Expr> = schema.iter_names().map(|n| col(n.clone())).collect();
+                cols.insert(i.min(cols.len()), lit(self.period.to_string()).alias(PERIOD));
+                lf.select(cols)
+            }
+        })
+    }
+}
+
+/// Streams a table's plan into the spool file it will be published from: every row checked to belong to
+/// `period`, the `period` column dropped (the Hive path carries it).
+pub fn sink_table(lf: LazyFrame, path: &Path, table: &str, period: Period) -> Result<SpoolTable> {
+    let schema = lf.clone().collect_schema().map_err(|e| stage_error(table, e))?;
+    let period_column = schema.index_of(PERIOD);
+    let lf = match period_column {
+        Some(_) => {
+            let keep: Vec<Expr> = schema.iter_names().filter(|n| n.as_str() != PERIOD).map(|n| col(n.clone())).collect();
+            lf.filter(period_guard(period, table)).select(keep)
+        }
+        None => lf,
+    };
+    sink_parquet(lf, path, table)?;
+    Ok(SpoolTable { path: path.to_path_buf(), period_column, period })
+}
