@@ -352,7 +352,7 @@ fn money_format(currency: &str) -> Format {
 }
 
 /// The XLSX of one invoice.
-fn invoice_xlsx(h: &Header, lines: &Table, detail: &Table, issuer: &Issuer) -> Result<Vec<u8>> {
+fn invoice_xlsx(h: &Header, lines: &Table, detail: &DetailOf<'_>, issuer: &Issuer) -> Result<Vec<u8>> {
     let mut wb = Workbook::new();
     let props = DocProperties::new()
         .set_title(format!("Invoice {}", h.number))
@@ -475,12 +475,40 @@ fn invoice_xlsx(h: &Header, lines: &Table, detail: &Table, issuer: &Issuer) -> R
     Ok(wb.save_to_buffer()?)
 }
 
-/// The resource-level rows of an enterprise invoice, split over sheets of at most [`SHEET_ROWS`] rows.
-fn detail_sheets(wb: &mut Workbook, h: &Header, detail: &Table) -> Result<()> {
-    let rows = detail.rows(&h.number);
+/// Streams an invoice's `fct_invoice_detail` rows to a callback in consecutive chunks, in table order.
+pub type DetailOf<'a> = dyn Fn(&str, &mut dyn FnMut(&DataFrame) -> Result<()>) -> Result<()> + 'a;
+
+/// Reads one chunk of detail rows into a [`Table`].
+fn detail_table(df: &DataFrame) -> Result<Table> {
+    Table::read(
+        df,
+        det::TABLE,
+        &[
+            det::invoice_line_id,
+            det::subscription_id,
+            det::unit_path,
+            det::resource_group,
+            det::resource_uri,
+            det::meter_category,
+            det::meter_name,
+            det::product_id,
+            det::sku_id,
+        ],
+        &[det::quantity, det::price],
+        &[det::charge_date],
+        &[],
+    )
+}
+
+/// The resource-level rows of an enterprise invoice, split over sheets of at most [`SHEET_ROWS`] rows. Rows
+/// arrive in chunks and go to constant-memory worksheets (flushed row by row to a temporary file), so a large
+/// customer's detail is never held whole.
+fn detail_sheets(wb: &mut Workbook, h: &Header, detail: &DetailOf<'_>) -> Result<()> {
     let head = Format::new().set_bold();
     let date_fmt = Format::new().set_num_format("yyyy-mm-dd");
     let qty = Format::new().set_num_format("#,##0.####");
+    // Part prices keep their full precision: only invoice lines are rounded.
+    let price = Format::new().set_num_format("#,##0.00##########");
     let cols = [
         "Invoice line",
         "Date",
@@ -495,26 +523,34 @@ fn detail_sheets(wb: &mut Workbook, h: &Header, detail: &Table) -> Result<()> {
         "Quantity",
         "Price",
     ];
-    let chunks: Vec<&[usize]> = if rows.is_empty() {
-        vec![&[]]
-    } else {
-        rows.chunks(SHEET_ROWS).collect()
-    };
-    for (k, chunk) in chunks.iter().enumerate() {
-        let ws = wb.add_worksheet();
-        ws.set_name(if k == 0 {
+    let mut sheets = 0usize;
+    let mut row: u32 = 0;
+    let new_sheet = |wb: &mut Workbook, sheets: &mut usize| -> Result<()> {
+        let ws = wb.add_worksheet_with_constant_memory()?;
+        ws.set_name(if *sheets == 0 {
             "Detail".to_string()
         } else {
-            format!("Detail {}", k + 1)
+            format!("Detail {}", *sheets + 1)
         })?;
+        ws.set_freeze_panes(1, 0)?;
         for (c, name) in cols.iter().enumerate() {
             ws.write_string_with_format(0, c as u16, *name, &head)?;
         }
-        ws.set_freeze_panes(1, 0)?;
-        for (r, &i) in chunk.iter().enumerate() {
-            let row = r as u32 + 1;
-            ws.write_string(row, 0, detail.s(det::invoice_line_id, i))?;
-            if let Some(d) = detail.date(det::charge_date, i) {
+        *sheets += 1;
+        Ok(())
+    };
+    new_sheet(wb, &mut sheets)?;
+    let mut write_chunk = |df: &DataFrame| -> Result<()> {
+        let t = detail_table(df)?;
+        for &i in t.rows(&h.number) {
+            if row as usize >= SHEET_ROWS {
+                new_sheet(wb, &mut sheets)?;
+                row = 0;
+            }
+            row += 1;
+            let ws = wb.worksheets_mut().last_mut().context("a detail sheet")?;
+            ws.write_string(row, 0, t.s(det::invoice_line_id, i))?;
+            if let Some(d) = t.date(det::charge_date, i) {
                 ws.write_datetime_with_format(row, 1, &excel_date(d)?, &date_fmt)?;
             }
             for (c, name) in [
@@ -527,20 +563,14 @@ fn detail_sheets(wb: &mut Workbook, h: &Header, detail: &Table) -> Result<()> {
                 (8, det::product_id),
                 (9, det::sku_id),
             ] {
-                ws.write_string(row, c, detail.s(name, i))?;
+                ws.write_string(row, c, t.s(name, i))?;
             }
-            write_dec(ws, row, 10, detail.d(det::quantity, i), &qty)?;
-            // Part prices keep their full precision: only invoice lines are rounded.
-            write_dec(
-                ws,
-                row,
-                11,
-                detail.d(det::price, i),
-                &Format::new().set_num_format("#,##0.00##########"),
-            )?;
+            write_dec(ws, row, 10, t.d(det::quantity, i), &qty)?;
+            write_dec(ws, row, 11, t.d(det::price, i), &price)?;
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    detail(&h.number, &mut write_chunk)
 }
 
 /// Writes a CSV and an XLSX per invoice under `dir/period=P/customer=<id>/` and returns the files written, in
@@ -553,8 +583,8 @@ pub fn write_exports(
     detail: &DataFrame,
     issuer: &Issuer,
 ) -> Result<Vec<PathBuf>> {
-    let of = |n: &str| -> Result<DataFrame> {
-        Ok(detail.clone().lazy().filter(col(det::invoice_number).eq(lit(n.to_string()))).collect()?)
+    let of = |n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| -> Result<()> {
+        f(&detail.clone().lazy().filter(col(det::invoice_number).eq(lit(n.to_string()))).collect()?)
     };
     write_exports_with(dir, invoices, lines, &of, issuer)
 }
@@ -565,7 +595,7 @@ pub fn write_exports_with(
     dir: &Path,
     invoices: &DataFrame,
     lines: &DataFrame,
-    detail_of: &dyn Fn(&str) -> Result<DataFrame>,
+    detail_of: &DetailOf<'_>,
     issuer: &Issuer,
 ) -> Result<Vec<PathBuf>> {
     let headers = headers(invoices)?;
@@ -584,28 +614,8 @@ pub fn write_exports_with(
         &[],
         &[fl::line_no],
     )?;
-    let empty = DataFrame::empty_with_schema(&det::schema());
     let mut written = Vec::new();
     for h in &headers {
-        let detail_df = if h.template == "enterprise" { detail_of(&h.number)? } else { empty.clone() };
-        let detail = Table::read(
-            &detail_df,
-            det::TABLE,
-            &[
-                det::invoice_line_id,
-                det::subscription_id,
-                det::unit_path,
-                det::resource_group,
-                det::resource_uri,
-                det::meter_category,
-                det::meter_name,
-                det::product_id,
-                det::sku_id,
-            ],
-            &[det::quantity, det::price],
-            &[det::charge_date],
-            &[],
-        )?;
         let folder = dir
             .join(format!("period={}", sanitise(&h.period)))
             .join(format!("customer={}", sanitise(&h.customer_id)));
@@ -625,7 +635,7 @@ pub fn write_exports_with(
             .with_context(|| format!("writing `{}`", csv_path.display()))?;
         written.push(csv_path);
         let xlsx_path = folder.join(format!("{stem}.xlsx"));
-        let bytes = invoice_xlsx(h, &lines, &detail, issuer)
+        let bytes = invoice_xlsx(h, &lines, detail_of, issuer)
             .with_context(|| format!("building the XLSX of invoice `{}`", h.number))?;
         fs::write(&xlsx_path, bytes)
             .with_context(|| format!("writing `{}`", xlsx_path.display()))?;
@@ -633,6 +643,9 @@ pub fn write_exports_with(
     }
     Ok(written)
 }
+
+/// Rows of detail an XLSX export reads at a time.
+pub const DETAIL_CHUNK: usize = 100_000;
 
 /// The detail of the enterprise invoices of a run, split out of the spooled `fct_invoice_detail` in one streaming
 /// pass into one small Parquet file per invoice, so that each XLSX reads only its own rows.
@@ -700,15 +713,20 @@ impl DetailByInvoice {
         Ok(Self { files, schema })
     }
 
-    /// The detail rows of one invoice (empty when it has none).
-    pub fn get(&self, invoice: &str) -> Result<DataFrame> {
-        match self.files.get(invoice) {
-            Some(p) => {
-                let f = fs::File::open(p).with_context(|| format!("reading `{}`", p.display()))?;
-                Ok(ParquetReader::new(f).finish()?)
-            }
-            None => Ok(DataFrame::empty_with_schema(&self.schema)),
+    /// Hands the detail rows of one invoice to `f` in chunks of at most [`DETAIL_CHUNK`] rows (nothing when
+    /// it has none).
+    pub fn chunks(&self, invoice: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>) -> Result<()> {
+        let Some(p) = self.files.get(invoice) else {
+            return f(&DataFrame::empty_with_schema(&self.schema));
+        };
+        let rows = ParquetReader::new(fs::File::open(p).with_context(|| format!("reading `{}`", p.display()))?).num_rows()?;
+        let mut offset = 0usize;
+        while offset < rows {
+            let chunk = crate::spool::collect(crate::spool::scan(p)?.slice(offset as i64, DETAIL_CHUNK as u32), "invoice detail")?;
+            f(&chunk)?;
+            offset += DETAIL_CHUNK;
         }
+        Ok(())
     }
 }
 

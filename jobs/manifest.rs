@@ -95,16 +95,33 @@ impl Manifest {
 pub struct Timer {
     start: Instant,
     pub laps: Vec<(String, u128)>,
+    /// Peak resident memory of the process (MiB) when each lap ended: the high-water mark so far, so a rise
+    /// between two laps belongs to the stage of the later one.
+    pub peak_rss_mib: Vec<(String, u64)>,
 }
 
 impl Timer {
     pub fn new() -> Self {
-        Self { start: Instant::now(), laps: Vec::new() }
+        Self { start: Instant::now(), laps: Vec::new(), peak_rss_mib: Vec::new() }
     }
-    /// Records the time since the previous lap under `stage`.
+    /// Records the time since the previous lap under `stage`, and the memory high-water mark.
     pub fn lap(&mut self, stage: &str) {
         let now = Instant::now();
-        self.laps.push((stage.into(), now.duration_since(self.start).as_millis()));
+        let ms = now.duration_since(self.start).as_millis();
+        self.laps.push((stage.into(), ms));
+        let rss = peak_rss_mib();
+        if let Some(r) = rss {
+            self.peak_rss_mib.push((stage.into(), r));
+        }
+        tracing::debug!(stage, ms = ms as u64, peak_rss_mib = rss, "stage done");
         self.start = now;
     }
+}
+
+/// The process's peak resident set size in MiB (`VmHWM` of `/proc/self/status`; None where there is none).
+pub fn peak_rss_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }

@@ -461,7 +461,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for exports")?;
         let issuer = crate::exports::Issuer::from(&cfg.partner);
         let details = crate::exports::DetailByInvoice::split(detail, invoices, tmp.path())?;
-        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str| details.get(n), &issuer)?;
+        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer)?;
         for path in written {
             let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
             let target = format!("marts/exports/{rel}");
@@ -469,8 +469,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
-    timer.lap("write");
+    timer.lap("exports");
     m.timings_ms = timer.laps.clone();
+    m.total("peak_rss_mib_by_stage", timer.peak_rss_mib.clone());
     m.finished_at = chrono::Utc::now().to_rfc3339();
     m.status = "committed".into();
     let close = mode == RunMode::Close && stop == Stop::All;

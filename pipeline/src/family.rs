@@ -8,7 +8,7 @@
 use polars::prelude::*;
 use schemas::stg_pc_invoice_lines as inv;
 
-use crate::ingest::SourceKind;
+use crate::source::SourceKind;
 
 /// What a rule looks at in one column.
 #[derive(Clone, Copy, Debug)]

@@ -20,6 +20,7 @@ pub mod invoice;
 pub mod lineid;
 pub mod rate;
 pub mod reference;
+pub mod source;
 pub mod testing;
 
 pub use context::{

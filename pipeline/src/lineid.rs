@@ -16,7 +16,7 @@
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::ingest::SourceKind;
+use crate::source::SourceKind;
 
 /// Columns whose typed values make the key of a daily-usage row.
 pub const USAGE_KEY_COLUMNS: &[&str] = &[
