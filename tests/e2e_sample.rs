@@ -386,3 +386,43 @@ fn explain_walks_a_rated_line_back_to_its_source() {
     let bad = cspbill(&["explain", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", wh.to_str().unwrap(), "--invoice-line", "nope"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Issue 11 item 3: a daily-usage row dated in another month belongs to that month. It is set aside and counted
+/// (rows in = staged + rejected + duplicates + set aside + other period), with a warning naming the file and the
+/// period, and the run publishes; before, the write failed on a row of period 2025-05.
+#[test]
+fn usage_rows_of_another_period_are_set_aside_and_counted() {
+    let (_t, ws) = workspace();
+    let file = walk(&ws.join("inputs/2025-06")).into_iter().find(|p| p.to_string_lossy().contains("Usage")).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(String::from).collect();
+    let header = split_csv(lines[0].trim_end());
+    let (ud, bt) = (
+        header.iter().position(|h| h == "UsageDate").unwrap(),
+        header.iter().position(|h| h == "BillingPreTaxTotal").unwrap(),
+    );
+    let end = if lines[1].ends_with("\r\n") { "\r\n" } else { "\n" };
+    let mut f = split_csv(lines[1].trim_end_matches(['\r', '\n']));
+    let moved: Decimal = f[bt].parse().unwrap();
+    f[ud] = "05/31/2025".into();
+    lines[1] = format!("{}{end}", f.iter().map(|x| if x.contains(',') || x.contains('"') { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.clone() }).collect::<Vec<_>>().join(","));
+    std::fs::write(&file, lines.concat()).unwrap();
+
+    let out = run(&ws, PERIOD, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = manifest(&ws);
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let input = m["inputs"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap().clone();
+    assert_eq!(input["other_period"], 1, "{input}");
+    assert_eq!(input["cost_other_period"].as_str().unwrap().parse::<Decimal>().unwrap(), moved);
+    assert!(m["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true));
+    let warned = m["warnings"].as_array().unwrap().iter().any(|w| {
+        let w = w.as_str().unwrap();
+        w.contains(name) && w.contains("2025-05") && w.contains("another period")
+    });
+    assert!(warned, "{:?}", m["warnings"]);
+    // The row is in no table of June.
+    let usage = table(&ws, "staged", "stg_pc_daily_usage");
+    let may = usage.column("usage_date").unwrap().date().unwrap().as_date_iter().flatten().filter(|d| d.format("%Y-%m").to_string() == "2025-05").count();
+    assert_eq!(may, 0);
+}
