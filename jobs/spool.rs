@@ -72,7 +72,10 @@ pub fn parquet_options() -> Arc<ParquetWriteOptions> {
 /// Streams a plan into a Parquet file (row order kept).
 pub fn sink_parquet(lf: LazyFrame, path: &Path, what: &str) -> Result<()> {
     let target = PlRefPath::try_from_path(path).map_err(|e| anyhow::anyhow!("spool path `{}`: {e}", path.display()))?;
-    lf.sink(
+    // No common-subplan elimination: where a plan reads a spool file twice, reading it twice streams, while a
+    // shared cache would hold the month.
+    lf.with_comm_subplan_elim(false)
+        .sink(
         SinkDestination::File { target: SinkTarget::Path(target) },
         FileWriteFormat::Parquet(parquet_options()),
         UnifiedSinkArgs::default(),
@@ -92,7 +95,10 @@ pub fn scan(path: &Path) -> Result<LazyFrame> {
 /// Collects a plan whose result is small (an aggregate, a filtered few rows) with the streaming engine, so that
 /// the big input it reads is streamed, not loaded.
 pub fn collect(lf: LazyFrame, what: &str) -> Result<DataFrame> {
-    lf.collect_with_engine(Engine::Streaming).map(|r| r.unwrap_single()).map_err(|e| stage_error(what, e))
+    lf.with_comm_subplan_elim(false)
+        .collect_with_engine(Engine::Streaming)
+        .map(|r| r.unwrap_single())
+        .map_err(|e| stage_error(what, e))
 }
 
 /// Several plans over shared inputs in one streaming run (each input is read once where Polars can share it).

@@ -144,14 +144,20 @@ pub fn int_charges_allocated(
         col(ic::customer_id).str().to_lowercase().alias(K_CUSTOMER),
         col(ic::subscription_id).str().to_lowercase().alias(K_SUB),
     ]);
-    let keys = resolve_keys(
-        charges
-            .clone()
-            .select(key_columns().map(col))
-            .unique_stable(None, UniqueKeepStrategy::First),
-        &rules,
-    )
-    .map_err(PipelineError::polars(STAGE))?;
+    // The distinct match keys are few next to the charges: collected here with the streaming engine (reading the
+    // charges batch by batch) and resolved in memory, so the plan below joins a small table instead of a second
+    // copy of the month (a self-join would make Polars cache its whole input).
+    let distinct = charges
+        .clone()
+        .select(key_columns().map(col))
+        .unique_stable(None, UniqueKeepStrategy::First)
+        .collect_with_engine(Engine::Streaming)
+        .map(|r| r.unwrap_single())
+        .map_err(PipelineError::polars(STAGE))?;
+    let keys = resolve_keys(distinct.lazy(), &rules)
+        .and_then(|k| k.collect())
+        .map_err(PipelineError::polars(STAGE))?
+        .lazy();
     let resolved = charges
         .join_builder()
         .with(keys)

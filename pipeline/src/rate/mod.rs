@@ -34,6 +34,13 @@ pub struct Rated {
     pub errors: LazyFrame,
 }
 
+/// Collects a plan whose result is small with the streaming engine.
+fn streaming(lf: LazyFrame) -> Result<DataFrame> {
+    lf.collect_with_engine(Engine::Streaming)
+        .map(|r| r.unwrap_single())
+        .map_err(PipelineError::polars(STAGE))
+}
+
 /// Error code: two rules equally specific for a line.
 pub const ERR_TIE: &str = "rate_rule_tie";
 /// Error code: no market FX rate for a pair on or before a date.
@@ -148,6 +155,10 @@ fn line_type() -> Expr {
 /// Prices every allocated part (DESIGN §5 "Rate"). `rate_cards`, `customers` and `fx_rates` are the staged
 /// reference tables (`stg_rate_cards` already checked by [`validate_rate_cards`]). Errs only on a
 /// configuration problem it can see in the small tables (two customers whose ids differ only in case).
+///
+/// Two small tables are collected inside the stage (with the streaming engine, reading `allocated` batch by
+/// batch): the winning rule per distinct key and the market rates per distinct (from, to, date). The parts
+/// themselves stay a lazy plan that the job streams into its spool.
 pub fn int_charges_rated(
     allocated: LazyFrame,
     rate_cards: &DataFrame,
@@ -179,9 +190,14 @@ pub fn int_charges_rated(
         .filter(col("_known").and(col("_credit").not()))
         .group_by(key_cols.clone())
         .agg([col("line_id").min().alias(SAMPLE)]);
-    let resolved = rules::resolve(keys, rate_cards, SAMPLE)
-        .map_err(PipelineError::polars(STAGE))?
-        .cache();
+    // The distinct keys are few (thousands, not millions): collected here, with the streaming engine, so that
+    // the plan below joins a small in-memory table instead of a second copy of the month (a self-join would
+    // make Polars cache the whole input).
+    let keys = streaming(keys)?;
+    let resolved = streaming(
+        rules::resolve(keys.lazy(), rate_cards, SAMPLE).map_err(PipelineError::polars(STAGE))?,
+    )?
+    .lazy();
     let rated = base.join(
         resolved.clone().drop(cols([SAMPLE])),
         key_cols.clone(),
@@ -256,8 +272,7 @@ pub fn int_charges_rated(
                 .then(s(price_fx_source::LINE))
                 .otherwise(s(price_fx_source::MARKET))
                 .alias("_pfx_kind"),
-        ])
-        .cache();
+        ]);
 
     // 4. Market rates on distinct (from, to, date): for the line, and for fixed prices in a third currency.
     let market_line = col("_fx_kind")
@@ -283,7 +298,9 @@ pub fn int_charges_rated(
     )
     .map_err(PipelineError::polars(STAGE))?
     .unique(None, UniqueKeepStrategy::Any);
-    let market = fx::market_rates(needs, fx_rates).cache();
+    // Distinct (from, to, date) needs are few: collected, like the rule keys.
+    let needs = streaming(needs)?;
+    let market = streaming(fx::market_rates(needs.lazy(), fx_rates))?.lazy();
     let renamed = |prefix: &str| {
         market.clone().select([
             col(fx::FROM).alias(format!("{prefix}_from")),
