@@ -21,6 +21,9 @@ pub struct Config {
     pub inputs: Inputs,
     #[serde(default)]
     pub billing: Billing,
+    /// Bounds on input reading and whether links may leave the input folder (`[limits]`, see `jobs/guard.rs`).
+    #[serde(default)]
+    pub limits: crate::inputs::guard::Limits,
     /// Parsed and checked now (a typo is exit 2); read by the anomaly monitors, which are planned.
     /// Read by the anomaly monitors (planned); parsed now so a typo is exit 2.
     #[serde(default)]
@@ -167,6 +170,7 @@ impl Config {
             Failure::usage(format!("config `{}` is not valid: {e}; see sample_data/cspbill.toml for the layout", path.display()))
         })?;
         cfg.path = path.to_path_buf();
+        crate::inputs::guard::install(&cfg.limits);
         cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         if cfg.base_dir.as_os_str().is_empty() {
             cfg.base_dir = PathBuf::from(".");
