@@ -55,6 +55,23 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     2
 }
 
+/// The most bytes of an offending input value a message quotes.
+pub const QUOTE_BYTES: usize = 200;
+
+/// At most [`QUOTE_BYTES`] of `s` (cut at a character boundary), with `…` when cut, control characters escaped:
+/// how a message quotes a value that came from outside (a file name, a cell, an identifier).
+pub fn clip(s: &str) -> String {
+    let mut end = s.len().min(QUOTE_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = s[..end].escape_debug().collect();
+    if end < s.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// Removes secrets from a message or log line: the user-info (`user:password@`) and the query string (an
 /// Azure SAS token `?sv=...&sig=...`, presigned parameters) of every URL in it, and the values of
 /// `key=value` credentials (`sig`, `AccountKey`, `SharedAccessSignature`, `password`, `secret`, `token`)
@@ -123,7 +140,17 @@ fn redact_keys(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{QUOTE_BYTES, clip, redact};
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary_and_escapes() {
+        let long = "é".repeat(300);
+        let c = clip(&long);
+        assert!(c.len() <= QUOTE_BYTES + '…'.len_utf8());
+        assert!(c.ends_with('…'));
+        assert_eq!(clip("a\nb"), "a\\nb");
+        assert_eq!(clip("short"), "short");
+    }
 
     #[test]
     fn secrets_in_urls_and_key_values_are_redacted() {

@@ -7,8 +7,8 @@
 //! - Sizes are bounded by [`Limits`] (`[limits]` in `cspbill.toml`, sane defaults): the longest CSV record or
 //!   JSON line, the columns of a CSV header, the bytes of one JSON document or decompressed v2 blob. A file past
 //!   a limit is exit 2 naming the file, the line and the key to raise, never an out-of-memory abort.
-//! - Messages quote at most [`QUOTE_BYTES`] of any offending input ([`clip`]), and nothing of a file that is not a
-//!   recognised export.
+//! - Messages quote at most `error::QUOTE_BYTES` of any offending input (`error::clip`), and nothing of a file that
+//!   is not a recognised export.
 //!
 //! The limits are installed once per process by `Config::load` ([`install`]) and read where files are read
 //! ([`limits`]); readers that never load a configuration (tests, `late` re-statements before a config exists)
@@ -22,9 +22,6 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::Failure;
-
-/// The most bytes of an offending input value a message quotes.
-pub const QUOTE_BYTES: usize = 200;
 
 /// Bounds on what input reading accepts (`[limits]` in `cspbill.toml`). Every key is optional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -69,19 +66,6 @@ pub fn install(l: &Limits) {
 /// The limits in force.
 pub fn limits() -> Limits {
     LIMITS.read().map(|g| *g).unwrap_or_default()
-}
-
-/// At most [`QUOTE_BYTES`] of `s` (cut at a character boundary), with `…` when cut, control characters escaped.
-pub fn clip(s: &str) -> String {
-    let mut end = s.len().min(QUOTE_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out: String = s[..end].escape_debug().collect();
-    if end < s.len() {
-        out.push('…');
-    }
-    out
 }
 
 fn refuse(msg: String) -> anyhow::Error {
@@ -198,16 +182,6 @@ pub fn too_many_columns(name: &str, line: u64, max: u64) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clip_cuts_at_a_character_boundary_and_escapes() {
-        let long = "é".repeat(300);
-        let c = clip(&long);
-        assert!(c.len() <= QUOTE_BYTES + '…'.len_utf8());
-        assert!(c.ends_with('…'));
-        assert_eq!(clip("a\nb"), "a\\nb");
-        assert_eq!(clip("short"), "short");
-    }
 
     #[test]
     fn gunzip_stops_at_the_limit() {

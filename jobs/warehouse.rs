@@ -1185,7 +1185,7 @@ pub fn check_segment(what: &str, s: &str) -> Result<()> {
     match reason {
         Some(r) => Err(Failure::usage(format!(
             "{what} `{}` cannot be used in a warehouse path: {r}; rename it",
-            s.escape_debug()
+            crate::error::clip(s)
         ))
         .into()),
         None => Ok(()),
@@ -1201,7 +1201,7 @@ fn check_rel_path(rel: &str, internal: bool) -> Result<()> {
             continue;
         }
         check_segment("path segment", s)
-            .with_context(|| format!("warehouse path `{}` is refused", rel.escape_debug()))?;
+            .with_context(|| format!("warehouse path `{}` is refused", crate::error::clip(rel)))?;
     }
     if !internal && segs.first() == Some(&"raw") {
         return Err(Failure::usage(format!(

@@ -306,7 +306,8 @@ fn secrets_in_the_warehouse_url_are_never_printed() {
     let (_t, ws) = workspace();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = "az://billing/cspbill?sv=2022-11-02&ss=b&srt=co&sp=rwdl&se=2030-01-01&sig=TOPSECRETSIG%3D";
-    let a = ["run", "--config", ws.join("cspbill.toml").to_str().unwrap(), "--period", PERIOD, "--warehouse", url];
+    let cfg = ws.join("cspbill.toml");
+    let a = ["run", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", url];
     let o = Command::new(env!("CARGO_BIN_EXE_cspbill"))
         .args(a)
         .env("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1")
@@ -320,7 +321,7 @@ fn secrets_in_the_warehouse_url_are_never_printed() {
     assert!(!all.contains("TOPSECRET"), "{all}");
     assert!(all.contains("az://billing/cspbill"), "the URL is still named: {all}");
 
-    let a = ["run", "--config", ws.join("cspbill.toml").to_str().unwrap(), "--period", PERIOD, "--warehouse", "s3://b/p"];
+    let a = ["run", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", "s3://b/p"];
     let o = Command::new(env!("CARGO_BIN_EXE_cspbill"))
         .args(a)
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))

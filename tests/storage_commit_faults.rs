@@ -36,6 +36,7 @@ use pipeline::testing::frame_to_sorted_csv;
 use polars::prelude::*;
 use schemas::Zone;
 
+use polars::io::cloud::CloudOptions;
 use warehouse::{CrashPoint, Warehouse};
 
 fn period() -> Period {
