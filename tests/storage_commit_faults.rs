@@ -413,7 +413,11 @@ fn readers_of_the_file_list_always_see_one_whole_version() {
                     let mut tags = Vec::new();
                     for row in &list {
                         let url = format!("{root}/{}", row["data"]);
-                        let args = ScanArgsParquet { cloud_options: cloud.clone(), ..Default::default() };
+                        let args = ScanArgsParquet {
+                            cloud_options: cloud.clone(),
+                            hive_options: HiveOptions::new_disabled(),
+                            ..Default::default()
+                        };
                         let df = LazyFrame::scan_parquet(PlRefPath::new(url.as_str()), args)
                             .and_then(|lf| lf.collect())
                             .unwrap_or_else(|e| panic!("a listed file is readable: {url}: {e}"));
