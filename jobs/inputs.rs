@@ -448,6 +448,51 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
     Ok(scan)
 }
 
+#[cfg(test)]
+mod prescan_tests {
+    use super::*;
+
+    const HEADER: &str = "UsageDate,BillingPreTaxTotal,Tags";
+
+    fn scan(body: &[u8]) -> Result<CsvScan> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.csv");
+        std::fs::write(&p, body).unwrap();
+        prescan_csv(&p, "f.csv")
+    }
+
+    fn records(body: &str) -> u64 {
+        scan(body.as_bytes()).unwrap().data_records
+    }
+
+    #[test]
+    fn data_records_count_records_not_lines() {
+        assert_eq!(records(&format!("{HEADER}\n1,2,3\n4,5,6\n")), 2);
+        assert_eq!(records(&format!("\u{feff}{HEADER}\r\n1,2,3\r\n4,5,6")), 2, "CRLF, BOM, no final line end");
+        assert_eq!(records(&format!("{HEADER}\n1,2,\"a\nb\r\nc\"\n\n4,5,6\n\n")), 2, "quoted line breaks, blanks");
+        assert_eq!(records(&format!("{HEADER}\n1,2,\"x\"\"y\"\n")), 1, "escaped quote");
+        let cut = scan(format!("{HEADER}\n1,2,3\n4,5,\"cut").as_bytes()).unwrap();
+        assert_eq!((cut.data_records, cut.open_quote_tail.is_some()), (2, true));
+        assert_eq!(cut_record_cells("4,5,\"cu", 3), vec![Some("4".into()), Some("5".into()), None]);
+    }
+
+    #[test]
+    fn cr_only_limits_and_foreign_files_are_refused_quoting_nothing() {
+        let e = format!("{:#}", scan(format!("{HEADER}\r1,2,3\r").as_bytes()).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("CR-only"), "{e}");
+        // A CR inside quotes is data.
+        assert_eq!(records(&format!("{HEADER}\n1,2,\"a\rb\"\n")), 1);
+        let e = format!("{:#}", scan(b"root:x:0:0:root:/root:/bin/bash\nmore\n").unwrap_err());
+        assert!(e.contains("not a Partner Center export") && !e.contains("root:"), "{e}");
+        let long = format!("{HEADER}\n1,2,{}\n", "x".repeat((guard::limits().max_record_bytes + 1) as usize));
+        let e = format!("{:#}", scan(long.as_bytes()).unwrap_err());
+        assert!(e.contains("line 2") && e.contains("max_record_bytes") && e.len() < 400, "{e}");
+        let wide = format!("{HEADER},{}\n", ",".repeat(guard::limits().max_columns as usize));
+        let e = format!("{:#}", scan(wide.as_bytes()).unwrap_err());
+        assert!(e.contains("max_columns") && e.len() < 400, "{e}");
+    }
+}
+
 fn detect_csv(header: &[String]) -> Option<(SourceKind, &'static str)> {
     let names: Vec<String> = header.iter().map(|h| normalise_name(h)).collect();
     let has = |n: &str| names.iter().any(|x| x == n);

@@ -271,7 +271,9 @@ impl Warehouse {
         }
         let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let run_id = format!("repair-{}-{nanos}", std::process::id());
-        if wh.try_lock(period, &run_id)?.is_some() {
+        if let Some(h) = wh.try_lock(period, &run_id)? {
+            tracing::warn!(period = %period, holder = %h.run_id, host = %h.host, pid = h.pid, since = %h.since,
+                "the latest commit of the period is not completely published and another run holds its lock: that run (or the first command after its lock goes stale) completes it");
             return Ok(false);
         }
         let done = wh.roll_forward(period);
@@ -564,6 +566,9 @@ impl Txn {
                     tracing::warn!(period = %period, version, "the commit pointer write reported a failure but landed; carrying on");
                 }
                 (Ok(_), Ok(Some(c))) | (Err(_), Ok(Some(c))) => {
+                    // Another run owns version N+1 and pointers are create-once: ours can never land, so this
+                    // run's data is certainly unreferenced and is removed on drop.
+                    self.commit_attempted = false;
                     return Err(Failure::invariant(format!(
                         "another run (`{}`) committed period {period} first as version {version}; this run `{}` published nothing: re-run the period if its inputs changed",
                         c.run_id, self.run_id

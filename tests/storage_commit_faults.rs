@@ -290,6 +290,8 @@ fn losing_the_commit_race_is_exit_1() {
     assert_eq!(error::exit_code(&e), 1, "{e:#}");
     assert!(format!("{e:#}").contains("another run (`B`) committed period 2024-02 first"), "{e:#}");
     assert_eq!(read_t(&wh), frame_to_sorted_csv(&table("B", 2)));
+    // The version is B's for good (pointers are create-once): A's data can never be named, so it is removed.
+    assert!(wh.list_files("_data/period=2024-02/A").unwrap().is_empty());
 }
 
 #[test]
