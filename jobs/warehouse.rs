@@ -69,6 +69,9 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     url: String,
     lock_ttl: Duration,
+    /// The folder of a local warehouse: staging files a killed write leaves (`NAME#N`, which the local store
+    /// neither lists nor deletes) are swept from it under the period's lock.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// One committed version of a period: what `_commits/period=P/v<N>.json` holds.
@@ -180,6 +183,7 @@ impl Warehouse {
             // Every message and log names the warehouse by this: no SAS token or password in it.
             url: redact(url),
             lock_ttl: DEFAULT_LOCK_TTL,
+            local_root: local_dir(url).map(std::path::PathBuf::from),
         };
         // Reachability: listing the root fails for a missing bucket or container, bad credentials or a store
         // that is down (after the retries in `retry_config`), and succeeds on an empty warehouse.
@@ -207,7 +211,13 @@ impl Warehouse {
             .build()
             .context("starting the warehouse I/O runtime")?;
         Ok(Self {
-            inner: Arc::new(Inner { rt, store, url: redact(url), lock_ttl: DEFAULT_LOCK_TTL }),
+            inner: Arc::new(Inner {
+                rt,
+                store,
+                url: redact(url),
+                lock_ttl: DEFAULT_LOCK_TTL,
+                local_root: local_dir(url).map(std::path::PathBuf::from),
+            }),
         })
     }
 
@@ -686,8 +696,51 @@ impl Inner {
                 None
             };
             self.publish(period, &b, before.as_ref(), None)?;
+            self.sweep_staging(period, &b);
         }
         Ok(Some(b))
+    }
+
+    /// On a local folder, removes the staging files (`NAME#N`) a killed write or copy left: beside every file
+    /// the commit publishes, and anywhere under `_data/period=P/`. Only this period's paths, which no one else
+    /// writes while the caller holds the period's lock. Best effort.
+    fn sweep_staging(&self, period: Period, commit: &Commit) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        let is_staging = |name: &str, base: Option<&str>| {
+            name.rsplit_once('#').is_some_and(|(b, n)| {
+                !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) && base.is_none_or(|x| x == b)
+            })
+        };
+        let mut targets: Vec<String> = commit.files.iter().map(|f| f.path.clone()).collect();
+        targets.push(commit.manifest.clone());
+        targets.push(version_path(period, commit.version, "published"));
+        targets.push(version_dir_file(period, CURRENT_LIST));
+        for t in targets {
+            let path = root.join(&t);
+            let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+                continue;
+            };
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name().to_str().is_some_and(|n| is_staging(n, Some(base))) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        // Under `_data/period=P/`: any staging file, then the folders left empty.
+        fn walk(dir: &std::path::Path, is_staging: &dyn Fn(&str) -> bool) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, is_staging);
+                    let _ = std::fs::remove_dir(&p); // only succeeds when empty
+                } else if e.file_name().to_str().is_some_and(is_staging) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        walk(&root.join(format!("_data/period={period}")), &|n| is_staging(n, None));
     }
 
     fn get_opt(&self, path: &str) -> Result<Option<Bytes>> {
@@ -879,6 +932,9 @@ impl Inner {
             if !keep.contains(run) {
                 self.delete(&path)?;
             }
+        }
+        if let Some(c) = self.latest(period)?.map(|(c, _)| c) {
+            self.sweep_staging(period, &c);
         }
         Ok(())
     }
@@ -1079,6 +1135,14 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
     } else {
         Ok(Arc::new(PrefixStore::new(store, prefix)))
     }
+}
+
+/// The folder of a local warehouse URL (a path or `file://`), None for object-store URLs.
+fn local_dir(url: &str) -> Option<&str> {
+    let is_url = url.split_once("://").is_some_and(|(s, _)| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+    });
+    (!is_url || url.starts_with("file://")).then(|| url.strip_prefix("file://").unwrap_or(url))
 }
 
 /// Bounded retries with exponential backoff: a store that stays down fails within about half a minute.

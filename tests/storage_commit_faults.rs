@@ -453,3 +453,35 @@ fn readers_of_the_file_list_always_see_one_whole_version() {
         assert_eq!(listed, want, "{}", b.name);
     }
 }
+
+/// A kill during a local write or copy leaves a staging file `NAME#N` that the local store neither lists nor
+/// deletes: the repair of the period (and every commit's cleanup) sweeps them, and the folders left empty.
+#[test]
+fn staging_files_of_killed_local_writes_are_swept() {
+    let b = common::local();
+    let wh = Warehouse::open(&b.url, &b.options).unwrap().with_lock_ttl(Duration::ZERO);
+    let root = std::path::PathBuf::from(&b.url);
+    write_run(&wh, "A", 3).commit(serde_json::json!({}), false).unwrap();
+    let t = write_run(&wh, "B", 4);
+    assert!(t.commit_until(serde_json::json!({}), false, Some(CrashPoint::AfterPointer)).unwrap().is_none());
+    let strays = [
+        "marts/fct_t/period=2024-02/part-0.parquet#0",
+        "_runs/B.json#1",
+        "_data/period=2024-02/B/marts/fct_t/period=2024-02/part-0.parquet#7",
+        "_data/period=2024-02/Z/int/u/period=2024-02/part-0.parquet#0",
+    ];
+    for s in strays {
+        let p = root.join(s);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"partial").unwrap();
+    }
+    // Not a staging file: a name with `#` and letters stays.
+    std::fs::write(root.join("marts/fct_t/period=2024-02/notes#a"), b"x").unwrap();
+    assert!(wh.repair(period()).unwrap());
+    for s in strays {
+        assert!(!root.join(s).exists(), "{s} swept");
+    }
+    assert!(!root.join("_data/period=2024-02/Z").exists(), "empty folders removed");
+    assert!(root.join("marts/fct_t/period=2024-02/notes#a").exists());
+    assert_eq!(read_t(&wh), frame_to_sorted_csv(&table("B", 4)));
+}
