@@ -267,26 +267,37 @@ impl Warehouse {
         Ok(txn)
     }
 
-    /// Completes the publication of the period's latest commit if a killed run left it half done (Hive copies,
-    /// `_runs/RUN.json`, the current file list, the `.published` marker), under the period's lock. Every command
-    /// that touches a period calls this first, so a killed close is repaired even by a re-run that then stops
-    /// early because the period is closed, and `explain` never reads a half-published period. When another live
-    /// run holds the lock, that run rolls the publication forward itself: nothing is done here. Returns whether
-    /// anything was repaired.
+    /// Completes what a killed run left of the period's latest commit, under the period's lock: the publication
+    /// (Hive copies, `_runs/RUN.json`, the current file list, the `.published` marker) and, when it was killed
+    /// after that, the cleanup (old run data, its lock). Every command that touches a period calls this first,
+    /// so a killed close is repaired even by a re-run that then stops early because the period is closed, and
+    /// `explain` never reads a half-published period. When another live run holds the lock, that run completes
+    /// the work itself: nothing is done here. Returns whether anything was repaired.
     pub fn repair(&self, period: Period) -> Result<bool> {
         let wh = &self.inner;
-        match wh.latest(period)? {
-            Some((_, false)) => {}
-            _ => return Ok(false),
+        let latest = wh.latest(period)?;
+        let unpublished = matches!(latest, Some((_, false)));
+        // A lock left behind (a run killed after publishing, before its cleanup) is a cheap check otherwise.
+        if !unpublished && wh.get_opt(&lock_path(period))?.is_none() {
+            return Ok(false);
         }
         let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let run_id = format!("repair-{}-{nanos}", std::process::id());
         if let Some(h) = wh.try_lock(period, &run_id)? {
-            tracing::warn!(period = %period, holder = %h.run_id, host = %h.host, pid = h.pid, since = %h.since,
-                "the latest commit of the period is not completely published and another run holds its lock: that run (or the first command after its lock goes stale) completes it");
+            if unpublished {
+                tracing::warn!(period = %period, holder = %h.run_id, host = %h.host, pid = h.pid, since = %h.since,
+                    "the latest commit of the period is not completely published and another run holds its lock: that run (or the first command after its lock goes stale) completes it");
+            }
             return Ok(false);
         }
-        let done = wh.roll_forward(period);
+        let done = wh.roll_forward(period).and_then(|c| {
+            if let Some(c) = c {
+                let mut keep = BTreeSet::from([c.run_id.clone()]);
+                keep.extend(c.previous_run.clone());
+                wh.collect_garbage(period, &keep)?;
+            }
+            Ok(())
+        });
         wh.release_lock(period, &run_id);
         done.map(|_| true)
     }

@@ -353,6 +353,26 @@ fn repair_completes_an_interrupted_publish_without_a_new_run() {
     }
 }
 
+/// Killed after publishing, before its cleanup: the lock of the dead run and the data of older runs stay. The
+/// next command's repair removes both, even on a closed period that no run will begin again.
+#[test]
+fn repair_completes_the_cleanup_of_a_run_killed_after_publishing() {
+    let b = common::local();
+    let wh = Warehouse::open(&b.url, &b.options).unwrap().with_lock_ttl(Duration::ZERO);
+    for run in ["A", "B"] {
+        write_run(&wh, run, 2).commit(serde_json::json!({}), false).unwrap();
+    }
+    let t = write_run(&wh, "C", 3);
+    assert!(t.commit_until(serde_json::json!({}), true, Some(CrashPoint::BeforeCleanup)).unwrap().is_none());
+    assert!(wh.read_file("_locks/period=2024-02.lock").unwrap().is_some());
+    assert!(!wh.list_files("_data/period=2024-02/A").unwrap().is_empty());
+    assert!(wh.repair(period()).unwrap());
+    assert!(wh.read_file("_locks/period=2024-02.lock").unwrap().is_none(), "the dead run's lock is gone");
+    assert!(wh.list_files("_data/period=2024-02/A").unwrap().is_empty(), "data two runs old is collected");
+    assert_eq!(read_t(&wh), frame_to_sorted_csv(&table("C", 3)));
+    assert!(!wh.repair(period()).unwrap(), "nothing left");
+}
+
 #[test]
 fn superseded_runs_leave_no_empty_folders_under_data() {
     let b = common::local();
@@ -484,4 +504,30 @@ fn staging_files_of_killed_local_writes_are_swept() {
     assert!(!root.join("_data/period=2024-02/Z").exists(), "empty folders removed");
     assert!(root.join("marts/fct_t/period=2024-02/notes#a").exists());
     assert_eq!(read_t(&wh), frame_to_sorted_csv(&table("B", 4)));
+}
+
+/// The DuckDB query ARCHITECTURE.md and the README give for one consistent version reads exactly the committed
+/// run's rows (with `period` from the path), on a local folder.
+#[test]
+fn the_documented_duckdb_query_over_the_file_list_reads_the_committed_version() {
+    let Ok(python) = std::env::var("CSPBILL_PYTHON") else {
+        let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+        assert!(!ci, "`CSPBILL_PYTHON` is not set but CI=true: run scripts/test.sh");
+        return;
+    };
+    let b = common::local();
+    let wh = Warehouse::open(&b.url, &b.options).unwrap();
+    write_run(&wh, "A", 3).commit(serde_json::json!({}), false).unwrap();
+    write_run(&wh, "B", 5).commit(serde_json::json!({}), false).unwrap();
+    let script = r#"
+import duckdb, json, sys
+root = sys.argv[1]
+con = duckdb.connect()
+con.sql(f"SET VARIABLE f = (SELECT list('{root}/' || data) FROM read_csv('{root}/_commits/period=2024-02/current.csv') WHERE table_name = 'fct_t')")
+print(json.dumps([list(r) for r in con.sql("SELECT run_tag, period, count(*) FROM read_parquet(getvariable('f')) GROUP BY ALL").fetchall()]))
+"#;
+    let out = std::process::Command::new(&python).arg("-c").arg(script).arg(&b.url).output().unwrap();
+    assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows, serde_json::json!([["B", "2024-02", 5]]));
 }
