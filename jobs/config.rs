@@ -24,6 +24,9 @@ pub struct Config {
     /// How a run uses this machine (`[run]`).
     #[serde(default)]
     pub run: RunSettings,
+    /// Bounds on input reading and whether links may leave the input folder (`[limits]`, see `jobs/guard.rs`).
+    #[serde(default)]
+    pub limits: crate::inputs::guard::Limits,
     /// Parsed and checked now (a typo is exit 2); read by the anomaly monitors, which are planned.
     /// Read by the anomaly monitors (planned); parsed now so a typo is exit 2.
     #[serde(default)]
@@ -179,6 +182,7 @@ impl Config {
             Failure::usage(format!("config `{}` is not valid: {e}; see sample_data/cspbill.toml for the layout", path.display()))
         })?;
         cfg.path = path.to_path_buf();
+        crate::inputs::guard::install(&cfg.limits);
         cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         if cfg.base_dir.as_os_str().is_empty() {
             cfg.base_dir = PathBuf::from(".");

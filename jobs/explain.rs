@@ -53,6 +53,9 @@ fn read(p: &PeriodArgs, zone: schemas::Zone, table: &str) -> Result<DataFrame> {
     let cfg = crate::config::load(&p.config)?;
     let url = cfg.warehouse_url(p.warehouse.as_deref());
     let wh = crate::warehouse::Warehouse::open(&url, &cfg.warehouse.options)?;
+    // A publish a killed run left half done is completed first.
+    wh.repair(p.period)?;
+    let url = wh.url();
     wh.read_table(table, zone, p.period)?.ok_or_else(|| {
         Failure::usage(format!("`{url}` has no `{table}` for period {}; run `cspbill run --period {}` first", p.period, p.period)).into()
     })

@@ -237,6 +237,21 @@ fn plain(d: Option<Decimal>) -> String {
     d.map(|d| d.normalize().to_string()).unwrap_or_default()
 }
 
+/// A text cell of a CSV, neutralised against formula injection (OWASP "CSV Injection"): a value a spreadsheet
+/// would run as a formula (first character, after any spaces, `=`, `+`, `-`, `@`, tab or CR, or their full-width
+/// forms) gets a leading `'`, which Excel, LibreOffice and Google Sheets show as text; then quoted as any field.
+/// Numeric columns do not go through this, so a negative amount keeps its sign.
+fn csv_text(s: &str) -> String {
+    const TRIGGERS: &[char] = &['=', '+', '-', '@', '\t', '\r', '\u{ff1d}', '\u{ff0b}', '\u{ff0d}', '\u{ff20}'];
+    let first = s.trim_start_matches(' ').chars().next();
+    let starts_formula = s.starts_with(['\t', '\r']) || first.is_some_and(|c| TRIGGERS.contains(&c));
+    if starts_formula {
+        csv_field(&format!("'{s}"))
+    } else {
+        csv_field(s)
+    }
+}
+
 /// A CSV field, quoted when it holds a separator, quote or line break (RFC 4180).
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -265,6 +280,9 @@ const CSV_HEADER: &[&str] = &[
     "unit_path",
     "corrected_period",
 ];
+
+/// The columns of [`CSV_HEADER`] that hold numbers (written as they are; the rest are text cells).
+const NUMERIC_COLUMNS: &[&str] = &["line_no", "quantity", "unit_price", "amount", "tax"];
 
 /// The CSV of one invoice: one row per line, customer-facing columns only. It starts with a UTF-8 byte-order
 /// mark so that Excel shows non-ASCII descriptions correctly when a clerk double-clicks it.
@@ -295,7 +313,12 @@ fn invoice_csv(h: &Header, lines: &Table) -> String {
             lines.s(fl::unit_path, i),
             lines.s(fl::corrected_period, i),
         ];
-        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        // Numbers as written (a credit keeps its `-`); every other cell is text and neutralised.
+        let row: Vec<String> = fields
+            .iter()
+            .enumerate()
+            .map(|(k, f)| if NUMERIC_COLUMNS.contains(&CSV_HEADER[k]) { csv_field(f) } else { csv_text(f) })
+            .collect();
         out.push_str(&row.join(","));
         out.push('\n');
     }
@@ -798,21 +821,27 @@ mod tests {
     /// Two invoices through the real invoice stage: `c/1` (smb, EUR, with a path-like id) and `e1` (enterprise,
     /// USD, with detail).
     fn invoiced() -> Invoiced {
-        let (h, rows) = split(
-            "customer_id,customer_name,invoice_currency,template,payment_terms_days
-../../evil,Contoso Süd,EUR,smb,
-e1,Enterprise Ltd,USD,enterprise,14",
-        );
-        let customers = stage_reference(RefTable::Customers, "customers.csv", &h, &rows)
-            .unwrap()
-            .df;
-        let rated = rated(
-            "part_id,line_id,customer_id,template,invoice_currency,line_type,product_family,source_kind,product_id,sku_id,product_name,sku_name,meter_category,meter_name,subscription_id,resource_group,unit,q,f,cost_ic,price,status,charge_start_date,charge_end_date,charge_date
-a,la,../../evil,smb,EUR,license,license,invoice_line,P1,0001,Microsoft 365 E3,E3,,,PS1,,Licenses,10,1,300,361.234,priced,2025-06-01,2025-06-30,2025-06-01
+        invoiced_with(
+            "a,la,../../evil,smb,EUR,license,license,invoice_line,P1,0001,Microsoft 365 E3,E3,,,PS1,,Licenses,10,1,300,361.234,priced,2025-06-01,2025-06-30,2025-06-01
 b,lb,../../evil,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,Compute,VM D2,S1,rg1,1 Hour,100,1,10,12.345,priced,,,2025-06-02
 c,lc,e1,enterprise,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,Compute,VM D2,S9,rg-app,1 Hour,5,1,1,1.5,priced,,,2025-06-02
 d,ld,e1,enterprise,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,Compute,VM D4,S9,rg-app,1 Hour,1,1,1,0.123456789012345678,priced,,,2025-06-03",
-        );
+            "../../evil,Contoso Süd,EUR,smb,
+e1,Enterprise Ltd,USD,enterprise,14",
+        )
+    }
+
+    /// The invoice stage over the given rated rows and customers (CSV rows without their headers).
+    fn invoiced_with(rated_rows: &str, customer_rows: &str) -> Invoiced {
+        let (h, rows) = split(&format!(
+            "customer_id,customer_name,invoice_currency,template,payment_terms_days\n{customer_rows}"
+        ));
+        let customers = stage_reference(RefTable::Customers, "customers.csv", &h, &rows)
+            .unwrap()
+            .df;
+        let rated = rated(&format!(
+            "part_id,line_id,customer_id,template,invoice_currency,line_type,product_family,source_kind,product_id,sku_id,product_name,sku_name,meter_category,meter_name,subscription_id,resource_group,unit,q,f,cost_ic,price,status,charge_start_date,charge_end_date,charge_date\n{rated_rows}"
+        ));
         let mut ctx = RunContext::for_period("2025-06".parse().unwrap());
         ctx.policies.invoice_date = NaiveDate::from_ymd_opt(2025, 7, 8).unwrap();
         ctx.policies.issuer = "Northwind MSP".into();
@@ -898,6 +927,30 @@ d,ld,e1,enterprise,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,Comput
                 "period=2025-06/customer=e1/INV-202506-0002.xlsx".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn csv_text_cells_cannot_run_as_formulas_and_numbers_keep_their_sign() {
+        for evil in ["=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "\tx", "\rx", " =1+1", "\u{ff1d}1"] {
+            let cell = csv_text(evil);
+            let inner = cell.strip_prefix('"').and_then(|c| c.strip_suffix('"')).unwrap_or(&cell).replace("\"\"", "\"");
+            assert_eq!(inner, format!("'{evil}"), "{evil:?} → {cell}");
+        }
+        assert_eq!(csv_text("Azure plan"), "Azure plan");
+        assert_eq!(csv_text("a-b"), "a-b");
+        // A whole invoice: a product name and a unit that are formulas, and a credit line with a negative amount.
+        let out = invoiced_with(
+            "a,la,c1,smb,EUR,license,license,invoice_line,P1,0001,=1+2,E3,,,PS1,,@SUM(A1),10,-1,-300,-361.234,priced,2025-06-01,2025-06-30,2025-06-01",
+            "c1,Contoso,EUR,smb,",
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let detail = out.detail.collect().unwrap();
+        let files = write_exports(tmp.path(), &out.invoices, &out.lines, &detail, &issuer()).unwrap();
+        let text = fs::read_to_string(&files[0]).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains(",\"'=1+2 – E3, 2025-06-01 to 2025-06-30\","), "{row}");
+        assert!(row.contains(",'@SUM(A1),"), "{row}");
+        assert!(row.contains(",-361.23,"), "a credit keeps its sign: {row}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ use sha2::{Digest, Sha256};
 use crate::error::Failure;
 use crate::spool::{Spool, SpoolTable};
 
+/// Input safety (file types, links, size limits): its own file, included here so every user of this module
+/// (the binary, `tests/ingest_fixtures.rs`) gets it.
+pub use crate::guard;
+
 pub use pipeline::ingest::SourceKind;
 
 /// What became of one input file (or one blob of a v2 export).
@@ -107,26 +111,38 @@ pub struct SnapshotPaths {
 }
 
 /// Lists the input files of a snapshot folder, recursively and sorted by path; a folder holding `manifest.json`
-/// is one v2 export and is listed as the folder. Hidden files (`.name`) and `README*` files are skipped.
+/// is one v2 export and is listed as the folder. Hidden files (`.name`) and `README*` files are skipped. Only
+/// regular files and folders are listed: a FIFO, device or socket, or a link leading out of `dir` (unless
+/// `follow_symlinks`), is exit 2 naming it (`guard::check_entry`).
 pub fn list_snapshot(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    walk(dir, &mut out).with_context(|| {
-        format!(
-            "cannot list the inputs in `{}`: check that the folder exists",
-            dir.display()
-        )
-    })?;
+    let mut seen = std::collections::BTreeSet::new();
+    walk(dir, dir, &mut out, &mut seen)?;
     out.sort();
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<()> {
+    // A link back to a folder already listed would loop forever.
+    if !seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+        return Ok(());
+    }
     if dir.join("manifest.json").is_file() {
         out.push(dir.to_path_buf());
         return Ok(());
     }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!("cannot list the inputs in `{}`: check that the folder exists", dir.display())
+    })?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list the inputs in `{}`", dir.display()))?
+            .path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -134,10 +150,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         if name.starts_with('.') || name.to_ascii_lowercase().starts_with("readme") {
             continue;
         }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
+        match guard::check_entry(root, &path)? {
+            guard::Entry::Dir(p) => walk(root, &p, out, seen)?,
+            guard::Entry::File(p) => out.push(p),
         }
     }
     Ok(())
@@ -198,6 +213,15 @@ fn empty_stats(name: String, path: &Path) -> FileStats {
 // ------------------------------------------------------------------------------------------------------------
 
 /// What one streaming pass over a CSV file learns.
+///
+/// `data_records` is the contract the run's conservation check relies on: the number of records after the
+/// header that hold any content, counted from the bytes alone (independently of the parser that types them).
+/// Records end at LF or CRLF outside double quotes (`"` toggles quoting, `""` inside quotes is an escaped quote);
+/// a last record without a line end counts; a last record cut inside a quoted value counts (and is flagged in
+/// `open_quote_tail`); blank lines do not count (they are listed in `blank_lines`). A bare CR outside quotes
+/// (CR-only line ends) is refused by the scan (exit 2), so a parser that splits lines differently cannot
+/// silently read fewer rows: for a file the scan accepts, the parser's row count (staged + rejected, before
+/// duplicates and set-asides) must equal `data_records`.
 #[derive(Debug, Default)]
 struct CsvScan {
     sha256: String,
@@ -213,7 +237,7 @@ struct CsvScan {
     open_quote_tail: Option<u64>,
 }
 
-/// Splits one CSV record (without its line end) into fields, RFC 4180 quoting.
+/// Splits one CSV record (without its line end) into fields, RFC 4180 quoting. Linear in the record's length.
 fn split_record(rec: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -234,44 +258,165 @@ fn split_record(rec: &str) -> Vec<String> {
     out
 }
 
+/// The cells of a last record cut inside a quoted value: the complete fields before the cut as read, the cut
+/// field and everything after it unknown (None). So the amounts that were readable are counted, not lost.
+fn cut_record_cells(tail: &str, width: usize) -> Vec<Option<String>> {
+    let tail = tail.trim_start_matches('\u{feff}');
+    let mut cells: Vec<Option<String>> = split_record(tail).into_iter().map(Some).collect();
+    if let Some(last) = cells.last_mut() {
+        *last = None;
+    }
+    cells.resize(width, None);
+    cells
+}
+
+/// The state of the streaming scan of one CSV file (see [`CsvScan`] for what it counts).
+struct Scanner<'a> {
+    name: &'a str,
+    limits: guard::Limits,
+    scan: CsvScan,
+    line: u64,
+    record_line: u64,
+    in_q: bool,
+    cr_pending: bool,
+    fields: usize,
+    content: bool,
+    /// Bytes of the header and the first data record (each at most `max_record_bytes`).
+    first_two: Vec<u8>,
+    records_seen: u64,
+    pos: u64,
+    record_start: u64,
+}
+
+impl Scanner<'_> {
+    fn finish_record(&mut self, truncated: bool) -> Result<()> {
+        self.records_seen += 1;
+        if self.records_seen == 1 {
+            let text = String::from_utf8_lossy(&self.first_two).to_string();
+            let text = text.trim_start_matches('\u{feff}').trim_end_matches(['\r', '\n']);
+            self.scan.header = split_record(text);
+            self.first_two.clear();
+            self.check_header()?;
+        } else {
+            self.scan.data_records += 1;
+            if self.records_seen == 2 {
+                let text = String::from_utf8_lossy(&self.first_two).to_string();
+                self.scan.first_row = split_record(text.trim_end_matches(['\r', '\n']));
+                self.first_two = Vec::new();
+            }
+            if truncated || self.fields != self.scan.header.len() {
+                self.scan.ragged.push((self.records_seen as i64, self.fields, truncated));
+            }
+        }
+        Ok(())
+    }
+
+    /// A header that is not a Partner Center export stops the scan at line 1, quoting nothing of the file: it
+    /// may be anything (a link to a system file, a customer's spreadsheet).
+    fn check_header(&self) -> Result<()> {
+        let h = &self.scan.header;
+        let name = self.name;
+        if detect_csv(h).is_some() {
+            return Ok(());
+        }
+        if h.len() == 1 && (h[0].contains(';') || h[0].contains('\t')) {
+            let sep = if h[0].contains(';') { "`;`" } else { "a tab" };
+            return Err(usage_err(format!(
+                "`{name}`: line 1: the header is separated by {sep}, not by commas (a spreadsheet saved it with another \
+                 locale's list separator): save it as comma-separated CSV or use the file as downloaded from Partner Center"
+            )));
+        }
+        Err(usage_err(format!(
+            "`{name}`: line 1: not a Partner Center export (its first line, {} field(s), names neither daily rated usage \
+             nor invoice reconciliation columns): {ACCEPTED}; remove the file from the input folder",
+            h.len()
+        )))
+    }
+
+    fn byte(&mut self, b: u8) -> Result<()> {
+        self.pos += 1;
+        if self.records_seen < 2 {
+            self.first_two.push(b);
+        }
+        if self.pos - self.record_start > self.limits.max_record_bytes {
+            return Err(guard::record_too_long(self.name, self.record_line, self.limits.max_record_bytes));
+        }
+        if self.in_q {
+            if b == b'"' {
+                self.in_q = false;
+            } else if b == b'\n' {
+                self.line += 1;
+            }
+            return Ok(());
+        }
+        if self.cr_pending && b != b'\n' {
+            return Err(usage_err(format!(
+                "`{}`: line {}: the file has CR-only line ends (classic Mac, some Excel exports), which cspbill \
+                 cannot split into rows reliably: save it as CSV with CRLF or LF line ends (Excel: \"CSV UTF-8\") \
+                 or re-download it from Partner Center",
+                self.name, self.line
+            )));
+        }
+        self.cr_pending = false;
+        match b {
+            b'"' => {
+                self.in_q = true;
+                self.content = true;
+            }
+            b',' => {
+                self.fields += 1;
+                self.content = true;
+                if self.fields as u64 > self.limits.max_columns {
+                    return Err(guard::too_many_columns(self.name, self.record_line, self.limits.max_columns));
+                }
+            }
+            b'\n' => {
+                self.line += 1;
+                if self.content {
+                    self.finish_record(false)?;
+                } else if self.records_seen >= 1 {
+                    // Polars reads a blank line as a row of nulls: number it like Polars does, and let the
+                    // reader drop it by its number (a blank line is not a row of the export).
+                    self.records_seen += 1;
+                    self.scan.blank_lines.push(self.records_seen as i64);
+                    self.first_two.clear();
+                } else {
+                    self.first_two.clear();
+                }
+                self.fields = 1;
+                self.content = false;
+                self.record_start = self.pos;
+                self.record_line = self.line;
+            }
+            b'\r' => self.cr_pending = true,
+            _ => self.content = true,
+        }
+        Ok(())
+    }
+}
+
+/// One streaming pass over a CSV file: SHA-256, UTF-8 check, header, record count and shape (see [`CsvScan`]).
+/// Memory is bounded by `max_record_bytes`; time is linear in the file's size.
 fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
     let file = File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
-    let mut scan = CsvScan::default();
     let mut buf = vec![0u8; 1 << 20];
     let mut carry: Vec<u8> = Vec::new();
-    let mut line: u64 = 1; // physical line, for encoding errors
-    let mut in_q = false;
-    let mut fields = 1usize;
-    let mut content = false;
-    let mut first_two: Vec<u8> = Vec::new(); // bytes of the header and first data record
-    let mut records_seen = 0u64; // header included
-    let mut pos: u64 = 0; // file offset of the byte being scanned
-    let mut record_start: u64 = 0;
-    let finish = |scan: &mut CsvScan,
-                  fields: usize,
-                  truncated: bool,
-                  records_seen: &mut u64,
-                  first_two: &mut Vec<u8>| {
-        *records_seen += 1;
-        if *records_seen == 1 {
-            let text = String::from_utf8_lossy(first_two).to_string();
-            let text = text
-                .trim_start_matches('\u{feff}')
-                .trim_end_matches(['\r', '\n']);
-            scan.header = split_record(text);
-            first_two.clear();
-        } else {
-            scan.data_records += 1;
-            if *records_seen == 2 {
-                let text = String::from_utf8_lossy(first_two).to_string();
-                scan.first_row = split_record(text.trim_end_matches(['\r', '\n']));
-            }
-            if truncated || fields != scan.header.len() {
-                scan.ragged.push((*records_seen as i64, fields, truncated));
-            }
-        }
+    let mut s = Scanner {
+        name,
+        limits: guard::limits(),
+        scan: CsvScan::default(),
+        line: 1,
+        record_line: 1,
+        in_q: false,
+        cr_pending: false,
+        fields: 1,
+        content: false,
+        first_two: Vec::new(),
+        records_seen: 0,
+        pos: 0,
+        record_start: 0,
     };
     loop {
         let n = reader
@@ -281,14 +426,14 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
             break;
         }
         hasher.update(&buf[..n]);
-        scan.bytes += n as u64;
+        s.scan.bytes += n as u64;
         let mut chunk = std::mem::take(&mut carry);
         chunk.extend_from_slice(&buf[..n]);
         let valid = match std::str::from_utf8(&chunk) {
             Ok(_) => chunk.len(),
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
             Err(e) => {
-                let bad_line = line
+                let bad_line = s.line
                     + chunk[..e.valid_up_to()]
                         .iter()
                         .filter(|b| **b == b'\n')
@@ -301,63 +446,71 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
         };
         carry = chunk[valid..].to_vec();
         for &b in &chunk[..valid] {
-            pos += 1;
-            if records_seen < 2 {
-                first_two.push(b);
-            }
-            if in_q {
-                if b == b'"' {
-                    in_q = false;
-                } else if b == b'\n' {
-                    line += 1;
-                }
-                continue;
-            }
-            match b {
-                b'"' => {
-                    in_q = true;
-                    content = true;
-                }
-                b',' => {
-                    fields += 1;
-                    content = true;
-                }
-                b'\n' => {
-                    line += 1;
-                    if content {
-                        finish(&mut scan, fields, false, &mut records_seen, &mut first_two);
-                    } else if records_seen >= 1 {
-                        // Polars reads a blank line as a row of nulls: number it like Polars does, and let the
-                        // reader drop it by its number (a blank line is not a row of the export).
-                        records_seen += 1;
-                        scan.blank_lines.push(records_seen as i64);
-                        first_two.clear();
-                    } else {
-                        first_two.clear();
-                    }
-                    fields = 1;
-                    content = false;
-                    record_start = pos;
-                }
-                b'\r' => {}
-                _ => content = true,
-            }
+            s.byte(b)?;
         }
     }
     if !carry.is_empty() {
         return Err(usage_err(format!(
-            "`{name}`: line {line}: the file ends inside a UTF-8 character (it is cut short or not UTF-8): re-download it"
+            "`{name}`: line {}: the file ends inside a UTF-8 character (it is cut short or not UTF-8): re-download it",
+            s.line
         )));
     }
-    if content {
+    if s.content {
         // The last record has no line end: fine, unless a quoted field was never closed (the file is cut).
-        finish(&mut scan, fields, in_q, &mut records_seen, &mut first_two);
-        if in_q && records_seen > 1 {
-            scan.open_quote_tail = Some(record_start);
+        let cut = s.in_q;
+        s.finish_record(cut)?;
+        if cut && s.records_seen > 1 {
+            s.scan.open_quote_tail = Some(s.record_start);
         }
     }
+    let mut scan = s.scan;
     scan.sha256 = hex::encode(hasher.finalize());
     Ok(scan)
+}
+
+#[cfg(test)]
+mod prescan_tests {
+    use super::*;
+
+    const HEADER: &str = "UsageDate,BillingPreTaxTotal,Tags";
+
+    fn scan(body: &[u8]) -> Result<CsvScan> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.csv");
+        std::fs::write(&p, body).unwrap();
+        prescan_csv(&p, "f.csv")
+    }
+
+    fn records(body: &str) -> u64 {
+        scan(body.as_bytes()).unwrap().data_records
+    }
+
+    #[test]
+    fn data_records_count_records_not_lines() {
+        assert_eq!(records(&format!("{HEADER}\n1,2,3\n4,5,6\n")), 2);
+        assert_eq!(records(&format!("\u{feff}{HEADER}\r\n1,2,3\r\n4,5,6")), 2, "CRLF, BOM, no final line end");
+        assert_eq!(records(&format!("{HEADER}\n1,2,\"a\nb\r\nc\"\n\n4,5,6\n\n")), 2, "quoted line breaks, blanks");
+        assert_eq!(records(&format!("{HEADER}\n1,2,\"x\"\"y\"\n")), 1, "escaped quote");
+        let cut = scan(format!("{HEADER}\n1,2,3\n4,5,\"cut").as_bytes()).unwrap();
+        assert_eq!((cut.data_records, cut.open_quote_tail.is_some()), (2, true));
+        assert_eq!(cut_record_cells("4,5,\"cu", 3), vec![Some("4".into()), Some("5".into()), None]);
+    }
+
+    #[test]
+    fn cr_only_limits_and_foreign_files_are_refused_quoting_nothing() {
+        let e = format!("{:#}", scan(format!("{HEADER}\r1,2,3\r").as_bytes()).unwrap_err());
+        assert!(e.contains("line 1") && e.contains("CR-only"), "{e}");
+        // A CR inside quotes is data.
+        assert_eq!(records(&format!("{HEADER}\n1,2,\"a\rb\"\n")), 1);
+        let e = format!("{:#}", scan(b"root:x:0:0:root:/root:/bin/bash\nmore\n").unwrap_err());
+        assert!(e.contains("not a Partner Center export") && !e.contains("root:"), "{e}");
+        let long = format!("{HEADER}\n1,2,{}\n", "x".repeat((guard::limits().max_record_bytes + 1) as usize));
+        let e = format!("{:#}", scan(long.as_bytes()).unwrap_err());
+        assert!(e.contains("line 2") && e.contains("max_record_bytes") && e.len() < 400, "{e}");
+        let wide = format!("{HEADER},{}\n", ",".repeat(guard::limits().max_columns as usize));
+        let e = format!("{:#}", scan(wide.as_bytes()).unwrap_err());
+        assert!(e.contains("max_columns") && e.len() < 400, "{e}");
+    }
 }
 
 fn detect_csv(header: &[String]) -> Option<(SourceKind, &'static str)> {
@@ -514,11 +667,11 @@ fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
             std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         let tail = String::from_utf8_lossy(&bytes[start as usize..]).to_string();
         let line = scan.ragged.last().map(|r| r.0).unwrap_or(0);
-        let mut cols: Vec<Column> = map
-            .present()
-            .iter()
-            .map(|c| Column::full_null((*c).into(), 1, &DataType::String))
-            .collect();
+        // The complete cells before the cut are kept, so the readable amounts count in conservation.
+        let cells = cut_record_cells(&tail, map.columns.len());
+        let cell = |c: &str| map.columns.iter().position(|m| *m == Some(c)).and_then(|i| cells[i].clone());
+        let mut cols: Vec<Column> =
+            map.present().iter().map(|c| Column::new((*c).into(), [cell(c)])).collect();
         cols.extend([
             Column::new("source_file".into(), [name.clone()]),
             Column::new("source_format".into(), [format]),
@@ -665,7 +818,11 @@ fn json_rows(name: &str, text: &str) -> Result<(Vec<(i64, JsonRow)>, bool)> {
         }
     }
     let mut rows = Vec::new();
+    let max = guard::limits().max_record_bytes;
     for (i, l) in text.lines().enumerate() {
+        if l.len() as u64 > max {
+            return Err(guard::record_too_long(name, i as u64 + 1, max));
+        }
         let l = l.trim_start_matches('\u{feff}').trim();
         if l.is_empty() {
             continue;
@@ -863,18 +1020,38 @@ fn load_v2(dir: &Path, period: Period) -> Result<Vec<Loaded>> {
     let mut out = Vec::new();
     for blob in blobs {
         let name = format!("{folder}/{}", display_name(&blob));
-        let gz =
-            std::fs::read(&blob).with_context(|| format!("cannot read `{}`", blob.display()))?;
-        let sha = hex::encode(Sha256::digest(&gz));
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut bytes).map_err(|e| {
-            usage_err(format!("`{name}`: not a valid gzip blob ({e}): download it again from the manifest's blob list"))
-        })?;
+        if let guard::Entry::Dir(_) = guard::check_entry(dir, &blob)? {
+            return Err(usage_err(format!("`{name}` is a folder, not a blob: remove it from the v2 export")));
+        }
+        // Streamed: the compressed bytes are hashed as they are inflated, and inflating stops at `max_json_bytes`.
+        let file = File::open(&blob).with_context(|| format!("cannot read `{}`", blob.display()))?;
+        let mut hashing = HashingReader { inner: BufReader::new(file), hasher: Sha256::new(), bytes: 0 };
+        let bytes = guard::gunzip_bounded(&mut hashing, &name)?;
+        // The rest of the file after the gzip stream (if any) still belongs to its checksum.
+        std::io::copy(&mut hashing, &mut std::io::sink())
+            .with_context(|| format!("cannot read `{}`", blob.display()))?;
+        let (sha, gz_len) = (hex::encode(hashing.hasher.finalize()), hashing.bytes);
         let mut l = load_json_bytes(&blob, name, &bytes, sha, true, period)?;
-        l.stats.bytes = gz.len() as u64;
+        l.stats.bytes = gz_len;
         out.push(l);
     }
     Ok(out)
+}
+
+/// A reader that hashes and counts what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// Reads one input path (a file, or a v2 export folder) into one or more loaded inputs.
@@ -898,8 +1075,7 @@ fn load(path: &Path, period: Period) -> Result<Vec<Loaded>> {
             "`{name}`: line 1: the file is empty: re-download the export from Partner Center or remove the file"
         ))),
         Some(b'{') | Some(b'[') => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            let bytes = guard::read_json_file(path, &name)?;
             let sha = hex::encode(Sha256::digest(&bytes));
             Ok(vec![load_json_bytes(
                 path, name, &bytes, sha, false, period,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod explain;
 pub mod exports;
 pub mod generate;
+pub mod guard;
 pub mod inputs;
 pub mod late;
 pub mod manifest;

@@ -14,7 +14,7 @@ fn main() {
         Err(err) => {
             let code = error::exit_code(&err);
             // `{:#}` prints the whole context chain on one line: what failed, where, and what to do.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error::redact(&format!("{err:#}")));
             std::process::exit(code);
         }
     }

@@ -399,6 +399,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let span = info_span!("run", period = %period, run_id = %run_id, mode = ?mode);
     let _g = span.enter();
     let wh = Warehouse::open(&url, &cfg.warehouse.options)?;
+    // A publish a killed run left half done is completed before anything else, even the early return below.
+    wh.repair(period)?;
+    let url = wh.url().to_string(); // redacted: no SAS token or password in the manifest or on stdout
     if let Some(c) = wh.committed(period)? {
         if c.closed {
             let pending = crate::late::pending_for_closed(&cfg, &wh, &ctx)?;

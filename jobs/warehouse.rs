@@ -47,7 +47,7 @@ use schemas::Zone;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::Failure;
+use crate::error::{Failure, redact};
 
 /// Default age after which a lock whose holder cannot be checked (another host) counts as stale.
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(6 * 3600);
@@ -55,6 +55,9 @@ const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(6 * 3600);
 const PART_FILE: &str = "part-0.parquet";
 /// The Hive partition column: in the path, never inside the file.
 const PERIOD_COLUMN: &str = "period";
+/// The file list of the latest published version of a period, for readers that need one consistent version:
+/// `_commits/period=P/current.csv` (see `current_list`).
+const CURRENT_LIST: &str = "current.csv";
 
 /// A warehouse opened at a root URL. Owns a small tokio runtime and exposes a blocking API.
 pub struct Warehouse {
@@ -66,6 +69,9 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     url: String,
     lock_ttl: Duration,
+    /// The folder of a local warehouse: staging files a killed write leaves (`NAME#N`, which the local store
+    /// neither lists nor deletes) are swept from it under the period's lock.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// One committed version of a period: what `_commits/period=P/v<N>.json` holds.
@@ -135,6 +141,10 @@ pub struct Txn {
     base: Option<Commit>,
     files: BTreeMap<String, FileEntry>,
     finished: bool,
+    /// Set just before the commit pointer is written: from then on this run's data may be referenced by a
+    /// committed pointer (a write can land although the store reported an error), so it is never deleted by
+    /// this run; a later commit's garbage collection removes it if it stayed unreferenced.
+    commit_attempted: bool,
 }
 
 impl fmt::Debug for Warehouse {
@@ -170,8 +180,10 @@ impl Warehouse {
         let inner = Inner {
             rt,
             store,
-            url: url.to_string(),
+            // Every message and log names the warehouse by this: no SAS token or password in it.
+            url: redact(url),
             lock_ttl: DEFAULT_LOCK_TTL,
+            local_root: local_dir(url).map(std::path::PathBuf::from),
         };
         // Reachability: listing the root fails for a missing bucket or container, bad credentials or a store
         // that is down (after the retries in `retry_config`), and succeeds on an empty warehouse.
@@ -179,13 +191,33 @@ impl Warehouse {
             .rt
             .block_on(inner.store.list_with_delimiter(None))
             .map_err(|e| {
-                Failure::usage(format!(
-                    "cannot reach the warehouse `{url}`: {e}; {}",
+                Failure::usage(redact(&format!(
+                    "cannot reach the warehouse `{}`: {e}; {}",
+                    inner.url,
                     what_to_check(url)
-                ))
+                )))
             })?;
         Ok(Self {
             inner: Arc::new(inner),
+        })
+    }
+
+    /// A warehouse over a given store (for tests that wrap a store to inject faults).
+    #[doc(hidden)]
+    pub fn from_store(store: Arc<dyn ObjectStore>, url: &str) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the warehouse I/O runtime")?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                rt,
+                store,
+                url: redact(url),
+                lock_ttl: DEFAULT_LOCK_TTL,
+                local_root: local_dir(url).map(std::path::PathBuf::from),
+            }),
         })
     }
 
@@ -214,7 +246,13 @@ impl Warehouse {
             ))
             .into());
         }
-        wh.acquire_lock(period, run_id)?;
+        if let Some(h) = wh.try_lock(period, run_id)? {
+            return Err(Failure::invariant(format!(
+                "another run holds period {period} (run `{}`, process {} on `{}`, since {}); wait for it to finish, or if that process is gone, delete `{}` in warehouse `{}`",
+                h.run_id, h.pid, h.host, h.since, lock_path(period), wh.url
+            ))
+            .into());
+        }
         let mut txn = Txn {
             wh: Arc::clone(wh),
             period,
@@ -222,24 +260,46 @@ impl Warehouse {
             base: None,
             files: BTreeMap::new(),
             finished: false,
+            commit_attempted: false,
         };
         // From here on, dropping `txn` on an error releases the lock.
-        let (base, published) = wh
-            .latest(period)?
-            .map_or((None, true), |(c, p)| (Some(c), p));
-        if let Some(b) = &base
-            && !published
-        {
-            tracing::warn!(period = %period, run = %b.run_id, "rolling forward the publication of an interrupted commit");
-            let before = if b.version > 1 {
-                wh.read_version(period, b.version - 1)?
-            } else {
-                None
-            };
-            wh.publish(period, b, before.as_ref(), None)?;
-        }
-        txn.base = base;
+        txn.base = wh.roll_forward(period)?;
         Ok(txn)
+    }
+
+    /// Completes what a killed run left of the period's latest commit, under the period's lock: the publication
+    /// (Hive copies, `_runs/RUN.json`, the current file list, the `.published` marker) and, when it was killed
+    /// after that, the cleanup (old run data, its lock). Every command that touches a period calls this first,
+    /// so a killed close is repaired even by a re-run that then stops early because the period is closed, and
+    /// `explain` never reads a half-published period. When another live run holds the lock, that run completes
+    /// the work itself: nothing is done here. Returns whether anything was repaired.
+    pub fn repair(&self, period: Period) -> Result<bool> {
+        let wh = &self.inner;
+        let latest = wh.latest(period)?;
+        let unpublished = matches!(latest, Some((_, false)));
+        // A lock left behind (a run killed after publishing, before its cleanup) is a cheap check otherwise.
+        if !unpublished && wh.get_opt(&lock_path(period))?.is_none() {
+            return Ok(false);
+        }
+        let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let run_id = format!("repair-{}-{nanos}", std::process::id());
+        if let Some(h) = wh.try_lock(period, &run_id)? {
+            if unpublished {
+                tracing::warn!(period = %period, holder = %h.run_id, host = %h.host, pid = h.pid, since = %h.since,
+                    "the latest commit of the period is not completely published and another run holds its lock: that run (or the first command after its lock goes stale) completes it");
+            }
+            return Ok(false);
+        }
+        let done = wh.roll_forward(period).and_then(|c| {
+            if let Some(c) = c {
+                let mut keep = BTreeSet::from([c.run_id.clone()]);
+                keep.extend(c.previous_run.clone());
+                wh.collect_garbage(period, &keep)?;
+            }
+            Ok(())
+        });
+        wh.release_lock(period, &run_id);
+        done.map(|_| true)
     }
 
     /// The committed pointer of a period, if any.
@@ -608,17 +668,41 @@ impl Txn {
         }
         let pointer = version_path(period, version, "json");
         let text = serde_json::to_vec_pretty(&commit).context("serialising the commit pointer")?;
-        // The commit point.
-        if !wh.put_create(&pointer, Bytes::from(text))? {
-            let winner = wh
-                .read_version(period, version)?
-                .map(|c| c.run_id)
-                .unwrap_or_else(|| "?".into());
-            return Err(Failure::invariant(format!(
-                "another run (`{winner}`) committed period {period} first as version {version}; this run `{}` published nothing: re-run the period if its inputs changed",
-                self.run_id
-            ))
-            .into());
+        // The commit point. From here on this run's data is never deleted by this run (see `commit_attempted`).
+        self.commit_attempted = true;
+        let created = wh.put_create(&pointer, Bytes::from(text));
+        if !matches!(created, Ok(true)) {
+            // Lost the race, or an ambiguous answer (a timeout or reset after the write landed, or a retry of our
+            // own landed write reporting that it exists): the pointer read back decides.
+            let found = wh.read_version(period, version);
+            match (&created, found) {
+                (_, Ok(Some(c))) if c.run_id == self.run_id => {
+                    tracing::warn!(period = %period, version, "the commit pointer write reported a failure but landed; carrying on");
+                }
+                (Ok(_), Ok(Some(c))) | (Err(_), Ok(Some(c))) => {
+                    // Another run owns version N+1 and pointers are create-once: ours can never land, so this
+                    // run's data is certainly unreferenced and is removed on drop.
+                    self.commit_attempted = false;
+                    return Err(Failure::invariant(format!(
+                        "another run (`{}`) committed period {period} first as version {version}; this run `{}` published nothing: re-run the period if its inputs changed",
+                        c.run_id, self.run_id
+                    ))
+                    .into());
+                }
+                (_, found) => {
+                    let why = match (&created, &found) {
+                        (Err(e), _) => format!("{e:#}"),
+                        (_, Err(e)) => format!("{e:#}"),
+                        _ => "the store reported that the pointer exists, but it cannot be read".into(),
+                    };
+                    return Err(Failure::invariant(redact(&format!(
+                        "the commit of period {period} (version {version}, run `{}`) could not be confirmed: {why}; its data is kept under `{}` in case the pointer landed: run the period again (the next run completes or supersedes it)",
+                        self.run_id,
+                        run_prefix(period, &self.run_id)
+                    )))
+                    .into());
+                }
+            }
         }
         if crash == Some(CrashPoint::AfterPointer) {
             self.finished = true;
@@ -628,7 +712,13 @@ impl Txn {
             Some(CrashPoint::DuringPublish(n)) => Some(n),
             _ => None,
         };
-        if !wh.publish(period, &commit, self.base.as_ref(), copies)? {
+        let published = wh.publish(period, &commit, self.base.as_ref(), copies).map_err(|e| {
+            Failure::invariant(redact(&format!(
+                "period {period} was committed (version {version}, run `{}`) but publishing it for readers failed: {e:#}; the next command on the period completes it",
+                self.run_id
+            )))
+        })?;
+        if !published {
             self.finished = true;
             return Ok(None);
         }
@@ -641,7 +731,7 @@ impl Txn {
         let mut keep = BTreeSet::from([self.run_id.clone()]);
         keep.extend(commit.previous_run.clone());
         if let Err(e) = wh.collect_garbage(period, &keep) {
-            tracing::warn!(period = %period, error = %format!("{e:#}"), "could not remove old run data; the next commit retries");
+            tracing::warn!(period = %period, error = %redact(&format!("{e:#}")), "could not remove old run data; the next commit retries");
         }
         self.finished = true;
         wh.release_lock(period, &self.run_id);
@@ -667,9 +757,14 @@ impl Drop for Txn {
         if self.finished {
             return;
         }
+        if self.commit_attempted {
+            // The pointer may reference this data (an ambiguous commit): keep it, release the lock only.
+            self.wh.release_lock(self.period, &self.run_id);
+            return;
+        }
         let prefix = run_prefix(self.period, &self.run_id);
         if let Err(e) = self.wh.delete_prefix(&prefix) {
-            tracing::warn!(run = %self.run_id, error = %format!("{e:#}"), "could not remove the data of an abandoned run");
+            tracing::warn!(run = %self.run_id, error = %redact(&format!("{e:#}")), "could not remove the data of an abandoned run");
         }
         self.wh.release_lock(self.period, &self.run_id);
     }
@@ -680,17 +775,97 @@ impl Inner {
         self.rt.block_on(f)
     }
 
+    /// A store operation that failed after the warehouse was opened: exit 1 (the run ran; its commit or a read
+    /// of committed data failed), secrets redacted from the store's message.
     fn store_err(&self, what: &str, path: &str, e: object_store::Error) -> anyhow::Error {
-        anyhow::Error::new(e).context(format!(
-            "{what} `{path}` in warehouse `{}`; {}",
+        Failure::invariant(redact(&format!(
+            "{what} `{path}` in warehouse `{}` failed: {e}; {}",
             self.url,
             what_to_check(&self.url)
-        ))
+        )))
+        .into()
+    }
+
+    /// Finishes the publication of the period's latest commit if it was interrupted; returns that commit.
+    /// The caller holds the period's lock.
+    fn roll_forward(&self, period: Period) -> Result<Option<Commit>> {
+        let Some((b, published)) = self.latest(period)? else {
+            return Ok(None);
+        };
+        if !published {
+            tracing::warn!(period = %period, run = %b.run_id, version = b.version, "rolling forward the publication of an interrupted commit");
+            let before = if b.version > 1 {
+                self.read_version(period, b.version - 1)?
+            } else {
+                None
+            };
+            self.publish(period, &b, before.as_ref(), None)?;
+            self.sweep_staging(period, &b);
+        }
+        Ok(Some(b))
+    }
+
+    /// On a local folder, removes the staging files (`NAME#N`) a killed write or copy left: beside every file
+    /// the commit publishes, and anywhere under `_data/period=P/`. Only this period's paths, which no one else
+    /// writes while the caller holds the period's lock. Best effort.
+    fn sweep_staging(&self, period: Period, commit: &Commit) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        let is_staging = |name: &str, base: Option<&str>| {
+            name.rsplit_once('#').is_some_and(|(b, n)| {
+                !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) && base.is_none_or(|x| x == b)
+            })
+        };
+        let mut targets: Vec<String> = commit.files.iter().map(|f| f.path.clone()).collect();
+        targets.push(commit.manifest.clone());
+        targets.push(version_path(period, commit.version, "published"));
+        targets.push(version_dir_file(period, CURRENT_LIST));
+        for t in targets {
+            let path = root.join(&t);
+            let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+                continue;
+            };
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name().to_str().is_some_and(|n| is_staging(n, Some(base))) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        // Under `_data/period=P/`: any staging file, then the folders left empty.
+        fn walk(dir: &std::path::Path, is_staging: &dyn Fn(&str) -> bool) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, is_staging);
+                    let _ = std::fs::remove_dir(&p); // only succeeds when empty
+                } else if e.file_name().to_str().is_some_and(is_staging) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        walk(&root.join(format!("_data/period={period}")), &|n| is_staging(n, None));
     }
 
     fn get_opt(&self, path: &str) -> Result<Option<Bytes>> {
         let p = store_path(path)?;
         match self.block(async { self.store.get(&p).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err("reading", path, e)),
+        }
+    }
+
+    /// An object with its version tag (ETag, else version, else modification time), None when it does not exist.
+    fn get_tagged(&self, path: &str) -> Result<Option<(Bytes, String)>> {
+        let p = store_path(path)?;
+        let got = self.block(async {
+            let r = self.store.get(&p).await?;
+            let m = r.meta.clone();
+            let tag = m.e_tag.or(m.version).unwrap_or_else(|| m.last_modified.to_rfc3339());
+            Ok::<_, object_store::Error>((r.bytes().await?, tag))
+        });
+        match got {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.store_err("reading", path, e)),
@@ -749,12 +924,13 @@ impl Inner {
             Ok((n, hex::encode(h.finalize())))
         });
         res.map_err(|e| {
-            anyhow::Error::new(e).context(format!(
-                "uploading `{}` to `{path}` in warehouse `{}`; {}",
+            Failure::invariant(redact(&format!(
+                "uploading `{}` to `{path}` in warehouse `{}` failed: {e}; {}",
                 local.display(),
                 self.url,
                 what_to_check(&self.url)
-            ))
+            )))
+            .into()
         })
     }
 
@@ -854,6 +1030,8 @@ impl Inner {
         stop_after: Option<usize>,
     ) -> Result<bool> {
         let mut budget = stop_after.unwrap_or(usize::MAX);
+        // The consistent path for readers switches first: one atomic PUT of the new version's file list.
+        self.put_overwrite(&version_dir_file(period, CURRENT_LIST), current_list(commit))?;
         let old: BTreeMap<&str, &FileEntry> = before
             .map(|b| b.files.iter().map(|f| (f.path.as_str(), f)).collect())
             .unwrap_or_default();
@@ -904,10 +1082,19 @@ impl Inner {
                 self.delete(&path)?;
             }
         }
+        if let Some(c) = self.latest(period)?.map(|(c, _)| c) {
+            self.sweep_staging(period, &c);
+        }
         Ok(())
     }
 
-    fn acquire_lock(&self, period: Period, run_id: &str) -> Result<()> {
+    /// Takes the period's lock for `run_id`: None when taken, Some(holder) when another live run holds it.
+    ///
+    /// A stale lock (see `is_stale`) is broken at most once: the breaker first creates a break token named after
+    /// that exact lock (its content and ETag) with a conditional create, and only the run that created the token
+    /// deletes the lock. Two runs that both found the same stale lock cannot both delete, so neither can delete
+    /// the other's fresh lock; the loser simply retries the create and finds the winner's lock.
+    fn try_lock(&self, period: Period, run_id: &str) -> Result<Option<LockInfo>> {
         let path = lock_path(period);
         let me = LockInfo {
             run_id: run_id.to_string(),
@@ -917,25 +1104,25 @@ impl Inner {
         };
         let body = Bytes::from(serde_json::to_vec(&me).context("serialising the lock")?);
         // A few attempts: the holder may release, or a stale lock may be broken, between our create and read.
-        for _ in 0..3 {
+        for _ in 0..5 {
             if self.put_create(&path, body.clone())? {
-                return Ok(());
+                return Ok(None);
             }
-            let Some(bytes) = self.get_opt(&path)? else {
+            let Some((bytes, tag)) = self.get_tagged(&path)? else {
                 continue;
             };
             let holder: Option<LockInfo> = serde_json::from_slice(&bytes).ok();
             match holder {
-                Some(h) if !self.is_stale(&h) => {
-                    return Err(Failure::invariant(format!(
-                        "another run holds period {period} (run `{}`, process {} on `{}`, since {}); wait for it to finish, or if that process is gone, delete `{path}` in warehouse `{}`",
-                        h.run_id, h.pid, h.host, h.since, self.url
-                    ))
-                    .into());
-                }
+                Some(h) if !self.is_stale(&h) => return Ok(Some(h)),
                 h => {
-                    tracing::warn!(period = %period, holder = ?h, "breaking a stale period lock");
-                    self.delete(&path)?;
+                    let mut id = Sha256::new();
+                    id.update(&bytes);
+                    id.update(tag.as_bytes());
+                    let token = format!("_locks/breaks/period={period}/{}", hex::encode(id.finalize()));
+                    if self.put_create(&token, body.clone())? {
+                        tracing::warn!(period = %period, holder = ?h, "breaking a stale period lock");
+                        self.delete(&path)?;
+                    }
                 }
             }
         }
@@ -966,7 +1153,7 @@ impl Inner {
         let path = lock_path(period);
         let ours = matches!(self.get_opt(&path), Ok(Some(b)) if serde_json::from_slice::<LockInfo>(&b).is_ok_and(|h| h.run_id == run_id));
         if ours && let Err(e) = self.delete(&path) {
-            tracing::warn!(period = %period, error = %format!("{e:#}"), "could not release the period lock");
+            tracing::warn!(period = %period, error = %redact(&format!("{e:#}")), "could not release the period lock");
         }
     }
 }
@@ -988,18 +1175,25 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
                 "cannot open the warehouse folder `{dir}`: {e}; check the path and its permissions"
             ))
         })?;
-        return Ok(Arc::new(fs));
+        // Deleting a file removes the folders it leaves empty (superseded runs under `_data/`, dropped tables).
+        return Ok(Arc::new(fs.with_automatic_cleanup(true)));
     }
-    let parsed = url::Url::parse(url).map_err(|e| Failure::usage(format!("warehouse URL `{url}` is not valid: {e}; use `s3://bucket/prefix`, `az://container/prefix` or `gs://bucket/prefix`")))?;
+    let shown = redact(url);
+    let mut parsed = url::Url::parse(url).map_err(|e| Failure::usage(format!("warehouse URL `{shown}` is not valid: {e}; use `s3://bucket/prefix`, `az://container/prefix` or `gs://bucket/prefix`")))?;
+    // A query string is a credential (an Azure SAS token `?sv=...&sig=...`), never part of the location.
+    let query = parsed.query().map(str::to_string);
+    parsed.set_query(None);
+    let url = parsed.as_str().to_string();
+    let url = url.as_str();
     let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| {
         Failure::usage(format!(
-            "warehouse URL `{url}` is not supported: {e}; use a folder, `s3://`, `az://`, `abfs://` or `gs://`"
+            "warehouse URL `{shown}` is not supported: {e}; use a folder, `s3://`, `az://`, `abfs://` or `gs://`"
         ))
     })?;
     let bad_key = |k: &str, e: object_store::Error| {
-        Failure::usage(format!(
-            "warehouse option `{k}` is not known for `{url}`: {e}; see the object_store configuration keys of that cloud"
-        ))
+        Failure::usage(redact(&format!(
+            "warehouse option `{k}` is not known for `{shown}`: {e}; see the object_store configuration keys of that cloud"
+        )))
     };
     let retry = retry_config();
     // Timeouts, unless the environment or the options set them. Not `with_client_options`: that would drop the
@@ -1008,11 +1202,15 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
         (ClientConfigKey::ConnectTimeout, "5s"),
         (ClientConfigKey::Timeout, "120s"),
     ];
+    let truthy = |v: Option<String>| {
+        v.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "on" | "yes" | "y"))
+    };
     // The three clouds' builders differ only in their types: one recipe for all (from the environment, the URL,
-    // retries, default timeouts, then the `[warehouse.options]` keys).
+    // retries, default timeouts, then the `[warehouse.options]` keys). A plain `http://` endpoint without
+    // `allow_http` would fail every request with "builder error": say what to set instead.
     macro_rules! build {
-        ($builder:ty, $key:path, $cloud:literal) => {{
-            let mut b = <$builder>::from_env().with_url(url).with_retry(retry);
+        ($builder:ty, $key:path, $pre:expr, $endpoint:expr, $cloud:literal, $allow_env:literal) => {{
+            let mut b = ($pre)(<$builder>::from_env().with_url(url).with_retry(retry));
             for (k, v) in timeouts {
                 let k = $key(k);
                 if b.get_config_value(&k).is_none() {
@@ -1022,23 +1220,63 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
             for (k, v) in options {
                 b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
             }
+            let endpoint: Option<String> = ($endpoint)(&b);
+            if let Some(ep) = endpoint.filter(|e| e.to_ascii_lowercase().starts_with("http://"))
+                && !truthy(b.get_config_value(&$key(ClientConfigKey::AllowHttp)))
+            {
+                return Err(Failure::usage(format!(
+                    "the {} endpoint `{}` is plain HTTP, which is refused unless allowed: set `allow_http = \"true\"` in `[warehouse] options` of cspbill.toml (or the environment variable `{}=true`), or use an https endpoint",
+                    $cloud, redact(&ep), $allow_env
+                ))
+                .into());
+            }
             Arc::new(b.build().map_err(|e| {
-                Failure::usage(format!("cannot configure {} for `{url}`: {e}; {}", $cloud, what_to_check(url)))
+                Failure::usage(redact(&format!("cannot configure {} for `{shown}`: {e}; {}", $cloud, what_to_check(url))))
             })?)
         }};
     }
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as S3Key};
+    use object_store::azure::{AzureConfigKey as AzKey, MicrosoftAzureBuilder};
     let store: Arc<dyn ObjectStore> = match scheme {
-        ObjectStoreScheme::AmazonS3 => {
-            build!(object_store::aws::AmazonS3Builder, object_store::aws::AmazonS3ConfigKey::Client, "S3")
-        }
+        ObjectStoreScheme::AmazonS3 => build!(
+            AmazonS3Builder,
+            S3Key::Client,
+            |b: AmazonS3Builder| b,
+            |b: &AmazonS3Builder| b.get_config_value(&S3Key::S3Endpoint).or_else(|| b.get_config_value(&S3Key::Endpoint)),
+            "S3",
+            "AWS_ALLOW_HTTP"
+        ),
         ObjectStoreScheme::MicrosoftAzure => {
-            build!(object_store::azure::MicrosoftAzureBuilder, object_store::azure::AzureConfigKey::Client, "Azure")
+            // `az://container/prefix?sv=...&sig=...`: the SAS token of the URL, unless the options name one.
+            let sas = query.filter(|q| q.contains("sig="));
+            build!(
+                MicrosoftAzureBuilder,
+                AzKey::Client,
+                |b: MicrosoftAzureBuilder| match &sas {
+                    Some(v) if b.get_config_value(&AzKey::SasKey).is_none() => b.with_config(AzKey::SasKey, v),
+                    _ => b,
+                },
+                |b: &MicrosoftAzureBuilder| {
+                    if truthy(b.get_config_value(&AzKey::UseEmulator)) {
+                        None
+                    } else {
+                        b.get_config_value(&AzKey::Endpoint)
+                    }
+                },
+                "Azure",
+                "AZURE_ALLOW_HTTP"
+            )
         }
-        ObjectStoreScheme::GoogleCloudStorage => {
-            build!(object_store::gcp::GoogleCloudStorageBuilder, object_store::gcp::GoogleConfigKey::Client, "GCS")
-        }
+        ObjectStoreScheme::GoogleCloudStorage => build!(
+            object_store::gcp::GoogleCloudStorageBuilder,
+            object_store::gcp::GoogleConfigKey::Client,
+            |b: object_store::gcp::GoogleCloudStorageBuilder| b,
+            |_: &object_store::gcp::GoogleCloudStorageBuilder| None,
+            "GCS",
+            "GOOGLE_ALLOW_HTTP"
+        ),
         other => {
-            return Err(Failure::usage(format!("warehouse URL `{url}` ({other:?}) is not supported; use a folder, `s3://`, `az://`, `abfs://` or `gs://`")).into());
+            return Err(Failure::usage(format!("warehouse URL `{shown}` ({other:?}) is not supported; use a folder, `s3://`, `az://`, `abfs://` or `gs://`")).into());
         }
     };
     if prefix.as_ref().is_empty() {
@@ -1046,6 +1284,14 @@ fn build_store(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn 
     } else {
         Ok(Arc::new(PrefixStore::new(store, prefix)))
     }
+}
+
+/// The folder of a local warehouse URL (a path or `file://`), None for object-store URLs.
+fn local_dir(url: &str) -> Option<&str> {
+    let is_url = url.split_once("://").is_some_and(|(s, _)| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+    });
+    (!is_url || url.starts_with("file://")).then(|| url.strip_prefix("file://").unwrap_or(url))
 }
 
 /// Bounded retries with exponential backoff: a store that stays down fails within about half a minute.
@@ -1089,6 +1335,38 @@ fn version_path(period: Period, version: u64, ext: &str) -> String {
     format!("_commits/period={period}/v{version:09}.{ext}")
 }
 
+fn version_dir_file(period: Period, name: &str) -> String {
+    format!("_commits/period={period}/{name}")
+}
+
+/// `_commits/period=P/current.csv`: one row per file of the published version, for readers that need one
+/// consistent version of a period across reads and tables (DuckDB, Polars: see ARCHITECTURE.md). `data` is the
+/// immutable run-unique copy, relative to the warehouse root; it stays until two newer commits exist.
+fn current_list(commit: &Commit) -> Bytes {
+    let mut out = String::from("version,run_id,zone,table_name,path,data,rows,sha256\n");
+    for f in &commit.files {
+        let q = |s: &str| {
+            if s.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_string()
+            }
+        };
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            commit.version,
+            q(&commit.run_id),
+            q(f.zone.as_deref().unwrap_or("")),
+            q(f.table.as_deref().unwrap_or("")),
+            q(&f.path),
+            q(&f.data),
+            f.rows.map(|r| r.to_string()).unwrap_or_default(),
+            f.sha256
+        ));
+    }
+    Bytes::from(out)
+}
+
 fn lock_path(period: Period) -> String {
     format!("_locks/period={period}.lock")
 }
@@ -1125,7 +1403,7 @@ pub fn check_segment(what: &str, s: &str) -> Result<()> {
     match reason {
         Some(r) => Err(Failure::usage(format!(
             "{what} `{}` cannot be used in a warehouse path: {r}; rename it",
-            s.escape_debug()
+            crate::error::clip(s)
         ))
         .into()),
         None => Ok(()),
@@ -1141,7 +1419,7 @@ fn check_rel_path(rel: &str, internal: bool) -> Result<()> {
             continue;
         }
         check_segment("path segment", s)
-            .with_context(|| format!("warehouse path `{}` is refused", rel.escape_debug()))?;
+            .with_context(|| format!("warehouse path `{}` is refused", crate::error::clip(rel)))?;
     }
     if !internal && segs.first() == Some(&"raw") {
         return Err(Failure::usage(format!(
