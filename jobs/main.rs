@@ -28,7 +28,7 @@ fn main() {
         Err(err) => {
             let code = error::exit_code(&err);
             // `{:#}` prints the whole context chain on one line: what failed, where, and what to do.
-            eprintln!("error: {err:#}");
+            cli::report("error", &format!("{err:#}"), serde_json::json!({ "exit_code": code }));
             std::process::exit(code);
         }
     }

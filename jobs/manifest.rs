@@ -105,6 +105,7 @@ impl Timer {
     pub fn lap(&mut self, stage: &str) {
         let now = Instant::now();
         self.laps.push((stage.into(), now.duration_since(self.start).as_millis()));
+        tracing::debug!(stage, ms = now.duration_since(self.start).as_millis() as u64, "stage done");
         self.start = now;
     }
 }

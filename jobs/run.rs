@@ -14,7 +14,7 @@ use pipeline::{RunContext, RunMode};
 use polars::prelude::*;
 use schemas::Zone;
 use serde_json::{Value, json};
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::cli::{PeriodArgs, Severity};
 use crate::config::{self, Config};
@@ -75,7 +75,10 @@ pub struct Computed {
 
 /// Collects a plan, naming the stage on failure.
 fn collect(lf: LazyFrame, stage: &str) -> Result<DataFrame> {
-    lf.collect().map_err(|e| anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{stage}` failed: {e}") }))
+    let started = std::time::Instant::now();
+    let df = lf.collect().map_err(|e| anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{stage}` failed: {e}; nothing was published: run again with `-v` to see the last file and stage, and report it with the inputs named there") }))?;
+    debug!(table = stage, rows = df.height(), ms = started.elapsed().as_millis() as u64, "stage computed");
+    Ok(df)
 }
 
 /// Fails with exit 2 when a stage's errors frame has rows, naming the first few.
@@ -137,13 +140,15 @@ pub fn compute(
         m.warnings.push(format!("no Partner Center files in `{}`", snapshot_dir.display()));
     }
     let snap = crate::inputs::read_snapshot(&files, ctx.period)?;
-    let usage = collect(snap.usage, "stg_pc_daily_usage")?;
-    let invoice = collect(snap.invoice_lines, "stg_pc_invoice_lines")?;
+    // Customer ids once, at the edge: the export's CustomerId in the spelling of customers.csv (DESIGN §4.2).
+    let usage = collect(pipeline::reference::customer_spelling(snap.usage, &refs.customers, "customer_id"), "stg_pc_daily_usage")?;
+    let invoice = collect(pipeline::reference::customer_spelling(snap.invoice_lines, &refs.customers, "customer_id"), "stg_pc_invoice_lines")?;
     let rej_u = collect(snap.rejects_usage, "rejects_pc_daily_usage")?;
     let rej_i = collect(snap.rejects_invoice, "rejects_pc_invoice_lines")?;
     timer.lap("ingest");
     // Conservation of rows and amounts per file (DESIGN §6).
     for f in &snap.files {
+        debug!(file = %f.name, format = ?f.format, rows_in = f.rows_in, staged = f.staged, rejected = f.rejected, duplicates = f.duplicates, set_aside = f.set_aside, "input file");
         m.check(
             &format!("ingest conservation `{}`", f.name),
             f.balances(),
@@ -281,8 +286,8 @@ pub fn compute(
     let fallback = count("market_fallback", "fx_source")?;
     m.total("unpriced_parts", unpriced);
     m.total("fx_market_fallback_parts", fallback);
-    if fallback > 0 {
-        m.warnings.push(format!("{fallback} part(s) converted at the market rate: fx_policy `microsoft` but the invoice currency is neither the billing nor the pricing currency"));
+    if let Some(w) = pipeline::rate::market_fallback_warning(&rated)? {
+        m.warnings.push(w);
     }
     if unpriced > 0 {
         let msg = format!("{unpriced} charge part(s) unpriced (no rate rule matched, or the customer is not in customers.csv); see `status` and `unpriced_reason` in int_charges_rated");
@@ -436,7 +441,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let close = mode == RunMode::Close && stop == Stop::All;
     let manifest = serde_json::to_value(&m)?;
     let commit = txn.commit(manifest, close)?;
-    info!(run_id = %run_id, version = commit.version, outputs = m.outputs.len(), closed = close, "published period {period}");
+    info!(version = commit.version, outputs = m.outputs.len(), closed = close, "published");
     println!(
         "published {period} (run {run_id}, version {}{}) to {url}: {} table file(s); manifest {}",
         commit.version,
@@ -445,10 +450,10 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         commit.manifest
     );
     for w in m.warnings.iter().take(10) {
-        eprintln!("warning: {w}");
+        crate::cli::report("warning", w, Value::Null);
     }
     if m.warnings.len() > 10 {
-        eprintln!("warning: ... and {} more in the manifest", m.warnings.len() - 10);
+        crate::cli::report("warning", &format!("... and {} more in the manifest", m.warnings.len() - 10), Value::Null);
     }
     Ok(())
 }
