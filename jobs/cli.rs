@@ -169,7 +169,11 @@ pub fn report(level: &str, message: &str, fields: serde_json::Value) {
     if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
         let mut obj = serde_json::json!({
             "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "level": level.to_ascii_uppercase(),
+            // The level names of the log events (`WARN`, `ERROR`), so one filter reads both.
+            "level": match level {
+                "warning" => "WARN".to_string(),
+                other => other.to_ascii_uppercase(),
+            },
             "message": message,
         });
         if let (Some(o), serde_json::Value::Object(extra)) = (obj.as_object_mut(), fields) {

@@ -383,7 +383,7 @@ const LUCERNE: &str = "eddab263-928f-41b4-bf85-b22c4f1e79db";
 fn adjustments(ws: &Path, period: &str) -> Decimal {
     let lines = table(ws, "marts", "fct_invoice_lines", period);
     let adj = lines.lazy().filter(col("line_type").eq(lit("adjustment"))).collect().unwrap();
-    assert!(strs(&adj, "corrected_period").iter().all(|p| p == PERIOD));
+    assert!(strs(&adj, "corrected_period").iter().all(|p| p == PERIOD), "{adj}");
     sum(&adj, "amount")
 }
 

@@ -691,6 +691,28 @@ fn adjustments_sum_exactly_to_restated_minus_issued_and_land_on_the_next_invoice
 }
 
 #[test]
+fn restating_a_period_leaves_the_adjustments_it_billed_for_earlier_periods_alone() {
+    // July closed with its own usage (3) and an adjustment for June (+2.50). Re-stating July with unchanged
+    // inputs computes its own charges only: no line may reverse June's adjustment (it would refund the late
+    // June charge the customer already paid in July). Found by the end-to-end test of two closed periods.
+    let refs = Refs::new();
+    let july_ctx = RunContext::for_period("2025-07".parse().unwrap());
+    let own = ["j,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,3,priced,,,2025-07-01"];
+    let june_adj = adjustment_lines(
+        &refs.run(rated_rows(&["a,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,10,1,8,10,priced,,,2025-06-01"]), &june()).lines,
+        &refs.run(rated_rows(&["a,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,10,1,8,12.5,priced,,,2025-06-01"]), &june()).lines,
+        "2025-06".parse().unwrap(),
+        "2025-07".parse().unwrap(),
+    )
+    .unwrap();
+    let issued_july = refs.run_with(rated_rows(&own), june_adj, &july_ctx).lines;
+    assert_eq!(rows(&issued_july, &[fl::line_type, fl::amount]), vec!["usage | 3", "adjustment | 2.5"]);
+    let restated_july = refs.run(rated_rows(&own), &july_ctx).lines;
+    let adj = adjustment_lines(&issued_july, &restated_july, "2025-07".parse().unwrap(), "2025-08".parse().unwrap()).unwrap();
+    assert_eq!(adj.height(), 0, "{adj}");
+}
+
+#[test]
 fn output_schemas_match_the_contract() {
     let refs = Refs::new();
     let empty_rated = DataFrame::empty_with_schema(&r::schema()).lazy();
