@@ -524,3 +524,16 @@ fn explain_into_a_closed_pipe_exits_quietly() {
         assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
     }
 }
+
+#[test]
+fn a_bad_config_names_its_line_and_column() {
+    let (_t, ws) = workspace();
+    // Line 29 of sample_data/cspbill.toml is `rounding = "half_even"`: a value TOML cannot read.
+    edit(&ws.join("cspbill.toml"), |t| t.replacen("rounding = \"half_even\"", "rounding = half_even", 1));
+    let line = std::fs::read_to_string(ws.join("cspbill.toml")).unwrap().lines().position(|l| l.starts_with("rounding =")).unwrap() + 1;
+    let out = run(&ws, PERIOD, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cspbill.toml:{line}:12: config is not valid: ")), "{err}");
+    assert!(err.contains("fix it (see sample_data/cspbill.toml for the layout)"), "{err}");
+}
