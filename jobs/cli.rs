@@ -133,13 +133,17 @@ fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("bad date `{s}`: write it as YYYY-MM-DD"))
 }
 
-/// Installs the tracing subscriber on stderr: `RUST_LOG` wins, else info (`-v` debug, `-vv` trace).
+/// Whether stderr carries JSON lines (`--log-format json`): then every line cspbill writes there is JSON.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the tracing subscriber on stderr: `RUST_LOG` wins, else info (`-v` debug, `-vv` trace). Debug
+/// events are cspbill's own (per file, per stage, per store call); `-vv` adds the libraries' traces.
 pub fn init_logging(g: &Global) {
     use tracing_subscriber::EnvFilter;
     let default = match g.verbose {
         0 => "info",
-        1 => "debug",
-        _ => "trace",
+        1 => "info,cspbill=debug,pipeline=debug",
+        _ => "debug,cspbill=trace,pipeline=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
@@ -149,9 +153,36 @@ pub fn init_logging(g: &Global) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match g.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().flatten_event(true).try_init()
+        }
+        // Span fields (period, run id) are printed once, in the span prefix; events do not repeat them.
         LogFormat::Text => builder.compact().try_init(),
     };
+}
+
+/// One closing line on stderr for the person or scheduler running cspbill: `warning: …` or `error: …` as
+/// text, or (under `--log-format json`) one JSON object with `timestamp`, `level`, `message` and `fields`,
+/// like the log events, so a scheduler can parse every line.
+pub fn report(level: &str, message: &str, fields: serde_json::Value) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut obj = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            // The level names of the log events (`WARN`, `ERROR`), so one filter reads both.
+            "level": match level {
+                "warning" => "WARN".to_string(),
+                other => other.to_ascii_uppercase(),
+            },
+            "message": message,
+        });
+        if let (Some(o), serde_json::Value::Object(extra)) = (obj.as_object_mut(), fields) {
+            o.extend(extra);
+        }
+        eprintln!("{obj}");
+    } else {
+        eprintln!("{level}: {message}");
+    }
 }
 
 /// Runs the chosen command.

@@ -179,7 +179,19 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::usage(format!("cannot read config `{}`: {e}; pass --config with the path of your cspbill.toml", path.display())))?;
         let mut cfg: Config = toml::from_str(&text).map_err(|e| {
-            Failure::usage(format!("config `{}` is not valid: {e}; see sample_data/cspbill.toml for the layout", path.display()))
+            // Where: line and column of the span TOML reports (1-based), then what and what to do.
+            let at = e.span().map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+                format!(":{line}:{column}")
+            });
+            Failure::usage(format!(
+                "{}{}: config is not valid: {}; fix it (see sample_data/cspbill.toml for the layout)",
+                path.display(),
+                at.unwrap_or_default(),
+                e.message().trim_end()
+            ))
         })?;
         cfg.path = path.to_path_buf();
         crate::inputs::guard::install(&cfg.limits);

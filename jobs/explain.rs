@@ -42,10 +42,20 @@ pub fn explain(p: &PeriodArgs, line: Option<String>, invoice_line: Option<String
         }
     }
     match f {
-        ExplainFormat::Text => print!("{}", texts.join("\n")),
-        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&serde_json::Value::Array(values))?),
+        ExplainFormat::Text => emit(&texts.join("\n")),
+        ExplainFormat::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&serde_json::Value::Array(values))?)),
     }
-    Ok(())
+}
+
+/// Writes the explanation to stdout. A reader that stops early (`cspbill explain … | head`) closes the pipe:
+/// that is not an error, so a broken pipe ends the command quietly with exit 0 (Rust's `print!` would panic).
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the explanation to stdout"),
+    }
 }
 
 /// Reads a committed table of the period from the warehouse (any object store), or says what to run first.
@@ -126,20 +136,23 @@ fn explain_invoice_line(p: &PeriodArgs, id: &str, f: ExplainFormat) -> Result<()
         "corrected_period": s(&lines, fl::corrected_period, 0), "original_line_id": s(&lines, fl::original_line_id, 0),
         "parts": parts,
     });
+    use std::fmt::Write as _;
+    let mut o = String::new();
     match f {
-        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&line)?),
+        ExplainFormat::Json => o = format!("{}\n", serde_json::to_string_pretty(&line)?),
         ExplainFormat::Text => {
             let g = |k: &str| line[k].as_str().unwrap_or_default().to_string();
-            println!("invoice line {} on invoice {} ({}), customer {}", id, g("invoice_number"), g("line_type"), g("customer_id"));
-            println!("  {}", g("description"));
-            println!("  quantity {}; amount {} {} = Σ prices {} rounded once to the currency's minor unit", g("quantity"), g("amount"), g("currency"), g("amount_unrounded"));
+            let _ = writeln!(o, "invoice line {} on invoice {} ({}), customer {}", id, g("invoice_number"), g("line_type"), g("customer_id"));
+            let _ = writeln!(o, "  {}", g("description"));
+            let _ = writeln!(o, "  quantity {}; amount {} {} = Σ prices {} rounded once to the currency's minor unit", g("quantity"), g("amount"), g("currency"), g("amount_unrounded"));
             if !g("corrected_period").is_empty() {
-                println!("  adjusts period {} (issued line {})", g("corrected_period"), g("original_line_id"));
+                let _ = writeln!(o, "  adjusts period {} (issued line {})", g("corrected_period"), g("original_line_id"));
             }
-            println!("  {} rated part(s):", detail.height());
+            let _ = writeln!(o, "  {} rated part(s):", detail.height());
             for part in line["parts"].as_array().into_iter().flatten().take(50) {
                 let v = |k: &str| part[k].as_str().unwrap_or_default().to_string();
-                println!(
+                let _ = writeln!(
+                    o,
                     "  - {} from {} line {} ({}): cost {} -> price {} by rule {} ({}), fx {} ({}), tag rule {}",
                     v("part_id"), v("source_file"), v("source_line"), v("charge_date"), v("cost"), v("price"),
                     if v("rate_rule_id").is_empty() { "-".into() } else { v("rate_rule_id") }, v("rate_method"), v("fx_rate"), v("fx_source"),
@@ -147,10 +160,10 @@ fn explain_invoice_line(p: &PeriodArgs, id: &str, f: ExplainFormat) -> Result<()
                 );
             }
             if detail.height() > 50 {
-                println!("  ... and {} more (use --format json for all)", detail.height() - 50);
+                let _ = writeln!(o, "  ... and {} more (use --format json for all)", detail.height() - 50);
             }
-            println!("  `cspbill explain --line PART_ID` shows the arithmetic of one part");
+            let _ = writeln!(o, "  `cspbill explain --line PART_ID` shows the arithmetic of one part");
         }
     }
-    Ok(())
+    emit(&o)
 }

@@ -1211,7 +1211,7 @@ impl KeySpool {
 /// Reads the files of a period's snapshot (from [`list_snapshot`]) into staged and rejected rows, in a spool of
 /// its own (see [`read_snapshot_in`]).
 pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
-    read_snapshot_in(files, period, Spool::new(None)?)
+    read_snapshot_in(files, period, Spool::new(None)?, None)
 }
 
 /// Reads the files of a period's snapshot into staged and rejected rows, streaming file by file through `spool`.
@@ -1225,7 +1225,9 @@ pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
 /// set aside and counted. The counts of what was staged and rejected are read back from the written files, so the
 /// conservation check compares independent numbers. A file that cannot be read at all is an error naming it
 /// (exit 2).
-pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>) -> Result<Snapshot> {
+/// With `customers` (`stg_customers`), the staged rows' `customer_id` is written in the spelling of
+/// `customers.csv` (matched case-insensitively; `line_id` keeps hashing the export's own text).
+pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>, customers: Option<&DataFrame>) -> Result<Snapshot> {
     let mut loaded: Vec<Loaded> = Vec::new();
     for f in files {
         loaded.extend(load(f, period)?);
@@ -1363,7 +1365,10 @@ pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>) ->
         }
         let staged_path = spool.path(&format!("staged/{}.parquet", kind.tag()))?;
         let rejects_path = spool.path(&format!("rejects/{}.parquet", kind.tag()))?;
-        let staged = concat_or_empty(staged_parts, kind.schema())?;
+        let mut staged = concat_or_empty(staged_parts, kind.schema())?;
+        if let Some(c) = customers {
+            staged = pipeline::reference::customer_spelling(staged, c, "customer_id");
+        }
         let staged_t = crate::spool::sink_table(staged, &staged_path, kind.table(), period)?;
         let rejects = concat_or_empty(reject_parts, kind.rejects_schema())?;
         let rejects_t = crate::spool::sink_table(rejects, &rejects_path, kind.rejects_table(), period)?;

@@ -14,7 +14,7 @@ fn main() {
         Err(err) => {
             let code = error::exit_code(&err);
             // `{:#}` prints the whole context chain on one line: what failed, where, and what to do.
-            eprintln!("error: {}", error::redact(&format!("{err:#}")));
+            cli::report("error", &error::redact(&format!("{err:#}")), serde_json::json!({ "exit_code": code }));
             std::process::exit(code);
         }
     }

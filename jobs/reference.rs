@@ -88,6 +88,18 @@ pub fn load(cfg: &Config) -> Result<Reference> {
     let psa_time = one(RefTable::PsaTime, i.psa_time_entries.as_ref())?;
     let license_activity = one(RefTable::LicenseActivity, i.license_activity.as_ref())?;
     let utilization = one(RefTable::Utilization, i.utilization.as_ref())?;
+    // Customer ids once, here at the edge: every reference table in the spelling of customers.csv.
+    let spell = |table: RefTable, mut df: DataFrame| -> Result<DataFrame> {
+        pipeline::reference::with_customer_spelling(table, &mut df, &customers)
+            .map_err(|e| Failure::usage(format!("{}: cannot match customer ids to customers.csv: {e}", table.table())))?;
+        Ok(df)
+    };
+    let org_units = spell(RefTable::OrgUnits, org_units)?;
+    let rate_cards = spell(RefTable::RateCards, rate_cards)?;
+    let tag_rules = spell(RefTable::TagRules, tag_rules)?;
+    let manual_lines = spell(RefTable::ManualLines, manual_lines)?;
+    let psa_time = spell(RefTable::PsaTime, psa_time)?;
+    let license_activity = spell(RefTable::LicenseActivity, license_activity)?;
     let frames = RefFrames { customers, org_units, rate_cards, tag_rules, fx_rates, manual_lines, psa_time, license_activity, utilization };
     Ok(Reference { frames, files, warnings })
 }

@@ -14,7 +14,7 @@ use pipeline::{RunContext, RunMode};
 use polars::prelude::*;
 use schemas::Zone;
 use serde_json::{Value, json};
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::cli::{PeriodArgs, Severity};
 use crate::config::{self, Config};
@@ -84,7 +84,10 @@ pub struct Computed {
 
 /// Collects a plan whose result is small, with the streaming engine, naming the stage on failure.
 fn collect(lf: LazyFrame, stage: &str) -> Result<DataFrame> {
-    crate::spool::collect(lf, stage)
+    let started = std::time::Instant::now();
+    let df = crate::spool::collect(lf, stage)?;
+    debug!(table = stage, rows = df.height(), ms = started.elapsed().as_millis() as u64, "stage computed");
+    Ok(df)
 }
 
 /// Streams a stage's big output into the spool (as it will be published) and returns a scan of it.
@@ -160,12 +163,15 @@ pub fn compute(
         warn!("no Partner Center files in `{}`", snapshot_dir.display());
         m.warnings.push(format!("no Partner Center files in `{}`", snapshot_dir.display()));
     }
-    let snap = crate::inputs::read_snapshot_in(&files, ctx.period, std::sync::Arc::clone(&spool))?;
+    // Customer ids once, at the edge: the export's CustomerId in the spelling of customers.csv (DESIGN §4.2),
+    // applied as the staged rows are written.
+    let snap = crate::inputs::read_snapshot_in(&files, ctx.period, std::sync::Arc::clone(&spool), Some(&refs.customers))?;
     let usage = snap.usage.clone();
     let invoice = snap.invoice_lines.clone();
     timer.lap("ingest");
     // Conservation of rows and amounts per file (DESIGN §6).
     for f in &snap.files {
+        debug!(file = %f.name, format = ?f.format, rows_in = f.rows_in, staged = f.staged, rejected = f.rejected, duplicates = f.duplicates, set_aside = f.set_aside, "input file");
         m.check(
             &format!("ingest conservation `{}`", f.name),
             f.balances(),
@@ -316,8 +322,8 @@ pub fn compute(
     let fallback = counts.column("fallback")?.i64()?.get(0).unwrap_or(0) as usize;
     m.total("unpriced_parts", unpriced);
     m.total("fx_market_fallback_parts", fallback);
-    if fallback > 0 {
-        m.warnings.push(format!("{fallback} part(s) converted at the market rate: fx_policy `microsoft` but the invoice currency is neither the billing nor the pricing currency"));
+    if let Some(w) = pipeline::rate::market_fallback_warning(rated.clone())? {
+        m.warnings.push(w);
     }
     if unpriced > 0 {
         let msg = format!("{unpriced} charge part(s) unpriced (no rate rule matched, or the customer is not in customers.csv); see `status` and `unpriced_reason` in int_charges_rated");
@@ -480,7 +486,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let close = mode == RunMode::Close && stop == Stop::All;
     let manifest = serde_json::to_value(&m)?;
     let commit = txn.commit(manifest, close)?;
-    info!(run_id = %run_id, version = commit.version, outputs = m.outputs.len(), closed = close, "published period {period}");
+    info!(version = commit.version, outputs = m.outputs.len(), closed = close, "published");
     println!(
         "published {period} (run {run_id}, version {}{}) to {url}: {} table file(s); manifest {}",
         commit.version,
@@ -489,10 +495,10 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         commit.manifest
     );
     for w in m.warnings.iter().take(10) {
-        eprintln!("warning: {w}");
+        crate::cli::report("warning", w, Value::Null);
     }
     if m.warnings.len() > 10 {
-        eprintln!("warning: ... and {} more in the manifest", m.warnings.len() - 10);
+        crate::cli::report("warning", &format!("... and {} more in the manifest", m.warnings.len() - 10), Value::Null);
     }
     Ok(())
 }

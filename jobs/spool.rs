@@ -108,7 +108,7 @@ pub fn collect_all(lfs: Vec<LazyFrame>, what: &str) -> Result<Vec<DataFrame>> {
 }
 
 fn stage_error(what: &str, e: PolarsError) -> anyhow::Error {
-    anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{what}` failed: {e}") })
+    anyhow::Error::new(pipeline::PipelineError::Invariant { stage: "collect", message: format!("stage `{what}` failed: {e}; nothing was published: run again with `-v` to see the last file and stage, and report it with the inputs named there") })
 }
 
 /// Expression (Boolean, all true): fails the plan when a row's `period` is not `period`, naming the table: every

@@ -849,6 +849,7 @@ impl Inner {
 
     fn get_opt(&self, path: &str) -> Result<Option<Bytes>> {
         let p = store_path(path)?;
+        tracing::debug!(op = "get", path, "store call");
         match self.block(async { self.store.get(&p).await?.bytes().await }) {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -884,6 +885,7 @@ impl Inner {
 
     fn put_overwrite(&self, path: &str, bytes: Bytes) -> Result<()> {
         let p = store_path(path)?;
+        tracing::debug!(op = "put", path, bytes = bytes.len(), "store call");
         self.block(self.store.put(&p, PutPayload::from_bytes(bytes)))
             .map_err(|e| self.store_err("writing", path, e))?;
         Ok(())
@@ -937,6 +939,7 @@ impl Inner {
     /// Conditional create: false when the object already exists.
     fn put_create(&self, path: &str, bytes: Bytes) -> Result<bool> {
         let p = store_path(path)?;
+        tracing::debug!(op = "put_create", path, bytes = bytes.len(), "store call");
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -953,6 +956,7 @@ impl Inner {
 
     fn delete(&self, path: &str) -> Result<()> {
         let p = store_path(path)?;
+        tracing::debug!(op = "delete", path, "store call");
         match self.block(self.store.delete(&p)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.store_err("deleting", path, e)),
@@ -961,6 +965,7 @@ impl Inner {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let p = store_path(prefix)?;
+        tracing::debug!(op = "list", prefix, "store call");
         let metas: Vec<_> = self
             .block(self.store.list(Some(&p)).try_collect::<Vec<_>>())
             .map_err(|e| self.store_err("listing", prefix, e))?;
@@ -1047,6 +1052,7 @@ impl Inner {
             }
             budget -= 1;
             let (from, to) = (store_path(&f.data)?, store_path(&f.path)?);
+            tracing::debug!(op = "copy", from = %f.data, to = %f.path, "store call");
             self.block(self.store.copy(&from, &to))
                 .map_err(|e| self.store_err("publishing", &f.path, e))?;
         }

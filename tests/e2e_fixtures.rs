@@ -1,4 +1,4 @@
-//! End to end on the real Partner Center exports in `shared/fixtures/partner-center/`: each runs through every
+//! End to end on the real Partner Center exports in `tests/fixtures/partner-center/`: each runs through every
 //! stage with a pass-through rate card (markup 0 %, invoice currency = billing currency), so the known totals of the
 //! fixtures README must come out of rating and invoicing unchanged.
 
@@ -146,4 +146,69 @@ fn real_legacy_licence_lines_in_inr() {
     assert_eq!(sum(&rated, "cost"), d("4431868.58"));
     assert_eq!(sum(&rated, "price"), d("4431868.58"));
     assert_eq!(sum(&rated, "list"), d("4458167.94"));
+}
+
+#[test]
+fn real_invoice_recon_under_daily_usage_sourcing_keeps_metered_lines_as_control_totals() {
+    // DESIGN §5 "Charges" (issue 11 item 7): with consumption charged from daily usage, every non-credit metered
+    // invoice line is only a control total: the 5,060 non-credit `azure_usage` lines, and the 16 other lines with
+    // a MeterDescription (11 pay-as-you-go marketplace images such as Fortinet and Palo Alto VM-Series, 3,423.05
+    // CAD; 5 reservation usage meters at 0.00). Counted from the CSV by the fixtures README, not by cspbill.
+    let (_t, ws) = workspace("nce_invoice_recon_real_2021-06.csv", "2021-06", "CAD");
+    let cfg = ws.join("cspbill.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("azure_usage_source = \"daily_usage\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let m = run(&ws, "2021-06");
+    checks_hold(&m);
+    assert_eq!(m["control_totals"]["azure_usage_source"], "DailyUsage");
+    let charges = table(&ws, "int", "int_charges", "2021-06");
+    assert_eq!(charges.height(), 5206 - 5076);
+    assert_eq!(sum(&charges, "cost"), d("205456.19"));
+    assert_eq!(sum(&charges, "cost") + d("474337.65"), d("679793.84"));
+    // What stays charged: 102 reservation purchases, 14 marketplace plans without a meter (SendGrid, Nerdio,
+    // Cisco Meraki, a Fortinet trial), 8 Azure credits and 6 licences.
+    let fam = charges.clone().lazy().group_by([col("product_family")]).agg([len()]).sort(["product_family"], Default::default()).collect().unwrap();
+    assert_eq!(pipeline::testing::frame_to_csv(&mut fam.clone()), "product_family,len\nazure_usage,8\nlicense,6\nmarketplace,14\nreservation,102\n");
+    let rated = table(&ws, "int", "int_charges_rated", "2021-06");
+    assert_eq!(sum(&rated, "price"), d("205456.19"));
+    // The comparison per customer and subscription holds all the control cost (no daily usage to charge from).
+    let cmp = m["control_totals"]["azure_control_comparison"].as_array().unwrap();
+    let control: Decimal = cmp.iter().map(|r| r["control_cost"].as_str().unwrap().parse::<Decimal>().unwrap()).sum();
+    assert_eq!(control, d("474337.65"));
+}
+
+#[test]
+fn the_fixtures_travel_with_the_repository() {
+    // A fresh clone has no `shared/` beside it: the fixtures live in the repository, bytes intact.
+    let dir = fixtures();
+    assert!(dir.starts_with(repo()), "{}", dir.display());
+    for f in [
+        "README.md",
+        "nce_invoice_recon_real_2021-06.csv",
+        "daily_rated_usage_real_2021-06_excel_resaved.csv",
+        "v1_daily_rated_usage_page_sandbox.json",
+        "daily_rated_usage_billed_real_2025-11_55col_slice.csv",
+        "v1_onetime_invoice_lineitems_real_2024-01_inr_slice.jsonl",
+        "v1_legacy_license_lineitems_real_2021-11_inr.jsonl",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} is missing from {}", dir.display());
+    }
+    let recon = std::fs::read(dir.join("nce_invoice_recon_real_2021-06.csv")).unwrap();
+    assert!(recon.starts_with(b"\xef\xbb\xbf\"PartnerId\""), "BOM and quoting as published");
+    assert_eq!(recon.windows(2).filter(|w| w == b"\r\n").count(), 5207, "CRLF on every line");
+    // No test reads a folder beside the repository any more.
+    let beside = concat!("..", "/shared");
+    let mut sources = Vec::new();
+    for d in [repo().join("tests"), repo().join("tests/support"), repo().join("tests/common")] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                sources.push(p);
+            }
+        }
+    }
+    for p in sources {
+        assert!(!std::fs::read_to_string(&p).unwrap().contains(beside), "{} reads `{beside}`", p.display());
+    }
 }

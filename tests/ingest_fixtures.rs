@@ -1,4 +1,4 @@
-//! Ingest of the real Partner Center fixtures (`../shared/fixtures/partner-center/`) and of damaged copies of
+//! Ingest of the real Partner Center fixtures (`tests/fixtures/partner-center/`) and of damaged copies of
 //! them: row counts, exact sums, ids as text, rounding and padding counts, conservation, stable `line_id`s and
 //! the errors a bad file gives. The expectations come from the fixtures' README, not from the code.
 
@@ -13,16 +13,9 @@ use pipeline::decimal::{any_to_decimal, column_sum};
 use polars::prelude::*;
 use rust_decimal::Decimal;
 
-/// `../shared/fixtures/partner-center/NAME` beside the repository (as CI clones it); a git worktree one level
-/// deeper (`wt/NAME/`) finds `shared/` one level further up.
+/// `tests/fixtures/partner-center/NAME`: the real fixtures travel with the repository.
 fn fixture(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = ["../shared", "../../shared"]
-        .iter()
-        .map(|d| root.join(d).join("fixtures/partner-center"))
-        .find(|d| d.is_dir())
-        .expect("the fixtures in ../shared/fixtures/partner-center beside the repository");
-    dir.join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/partner-center").join(name)
 }
 
 fn period(s: &str) -> Period {

@@ -2,9 +2,10 @@
 //!
 //! The two Partner Center sources are mapped onto one set of columns (`schemas::int_charges`), with the amounts
 //! DESIGN defines in billing currency: quantity `q`, the signed line factor `f`, `cost`, `list` and `pec`.
-//! Azure consumption appears in both sources (in detail in daily usage, summarised per meter in the invoice
-//! file's `azure_usage` lines); it is charged from one of them and the other becomes a control total, compared
-//! per customer and Partner Center subscription for the manifest.
+//! Consumption appears in both sources (in detail in daily usage, summarised per meter in the invoice file's
+//! metered lines: `azure_usage` lines and any other line with a `MeterDescription`, such as pay-as-you-go
+//! marketplace images); it is charged from one of them and the other becomes a control total, compared per
+//! customer and Partner Center subscription for the manifest.
 //!
 //! Everything here is lazy: the stage only builds a plan. Amounts are `Decimal(38, 18)` throughout; every
 //! product and quotient is rounded half-even to 18 places by Polars, and a division never sees a zero
@@ -14,7 +15,7 @@ use polars::prelude::*;
 use schemas::{int_charges as ic, stg_pc_daily_usage as du, stg_pc_invoice_lines as il};
 
 use crate::context::{AzureUsageSource, ProrationPolicy, RunContext};
-use crate::decimal::{dec, null_dec};
+use crate::decimal::{dec, nonzero, null_dec};
 use crate::error::{PipelineError, Result};
 
 const STAGE: &str = "int_charges";
@@ -75,16 +76,13 @@ pub fn int_charges(
     let usage_charges = usage_to_charges(usage);
     let invoice_charges = invoice_to_charges(invoice, ctx.policies.proration);
 
-    // Non-credit `azure_usage` invoice lines: the invoice file's summary of Azure consumption.
-    let invoice_azure = col(ic::product_family)
-        .eq(lit(AZURE_USAGE))
-        .and(col(ic::is_credit).not())
-        .fill_null(lit(false));
+    // Non-credit metered invoice lines: the invoice file's summary of the consumption daily usage details.
+    let invoice_metered = metered().and(col(ic::is_credit).not()).fill_null(lit(false));
     let (charges, control_lines) = match source {
         AzureUsageSource::Invoice => (invoice_charges, usage_charges),
         _ => {
-            let kept = invoice_charges.clone().filter(invoice_azure.clone().not());
-            let control = invoice_charges.filter(invoice_azure);
+            let kept = invoice_charges.clone().filter(invoice_metered.clone().not());
+            let control = invoice_charges.filter(invoice_metered);
             let charges = concat(
                 [usage_charges, kept],
                 UnionArgs {
@@ -112,15 +110,30 @@ pub fn int_charges(
     })
 }
 
-/// Σ cost of Azure consumption (non-credit `azure_usage` charges) per customer and Partner Center subscription,
-/// charged versus control, full outer join so that a subscription seen in only one source is reported too.
+/// A metered invoice line (DESIGN §5 "Charges"): an `azure_usage` line, or any other line with a
+/// `MeterDescription` (kept as `meter_name` on invoice charges), such as third-party pay-as-you-go marketplace
+/// images billed per compute hour, which daily usage details too. Marketplace plans without a meter are not.
+fn metered() -> Expr {
+    col(ic::product_family).eq(lit(AZURE_USAGE)).fill_null(lit(false)).or(col(ic::meter_name)
+        .str()
+        .strip_chars(lit(NULL))
+        .str()
+        .len_bytes()
+        .gt(lit(0u32))
+        .fill_null(lit(false)))
+}
+
+/// Σ cost of consumption (non-credit daily-usage rows and metered invoice lines) per customer and Partner
+/// Center subscription, charged versus control, full outer join so that a subscription seen in only one
+/// source is reported too.
 pub fn compare_azure(charges: LazyFrame, control: LazyFrame) -> LazyFrame {
-    let azure = col(ic::product_family)
-        .eq(lit(AZURE_USAGE))
-        .and(col(ic::is_credit).not())
-        .fill_null(lit(false));
+    let consumption = col(ic::source_kind)
+        .eq(lit(SOURCE_DAILY_USAGE))
+        .fill_null(lit(false))
+        .or(metered())
+        .and(col(ic::is_credit).not().fill_null(lit(true)));
     let total = |lf: LazyFrame, name: &str| {
-        lf.filter(azure.clone())
+        lf.filter(consumption.clone())
             .group_by_stable([
                 col(ic::customer_id),
                 col(ic::pc_subscription_id).alias("subscription_id"),
@@ -156,11 +169,6 @@ pub fn compare_azure(charges: LazyFrame, control: LazyFrame) -> LazyFrame {
 /// `when(x < 0) -1 else 1`: the sign DESIGN uses for line factors, where 0 and null count as positive.
 fn sign_or_one(x: Expr) -> Expr {
     when(x.lt(dec("0"))).then(dec("-1")).otherwise(dec("1"))
-}
-
-/// `x`, with 0 turned into null, so that dividing by it yields null instead of failing.
-fn nonzero(x: Expr) -> Expr {
-    when(x.clone().eq(dec("0"))).then(null_dec()).otherwise(x)
 }
 
 /// The PCToBC rate of a line; a missing rate is 1 where pricing and billing currency agree (or pricing is blank).
@@ -792,8 +800,12 @@ mod tests {
                 "u3"
             ]
         );
-        // Compared per customer and PC subscription: u1 + u2 (azure_usage) against the invoice line az.
-        assert_eq!(cmp.height(), 1, "{cmp}");
+        // Compared per customer and PC subscription: u1 + u2 (azure_usage) against the invoice line az; u3 (a
+        // marketplace meter in daily usage is consumption too) against nothing on the invoice (`reason` is a
+        // credit).
+        assert_eq!(cmp.height(), 2, "{cmp}");
+        assert_eq!(value(&cmp, "subscription_id", "pc-s2", "charged_cost"), Some(d("4")));
+        assert_eq!(value(&cmp, "subscription_id", "pc-s2", "control_cost"), Some(d("0")));
         assert_eq!(
             value(&cmp, "subscription_id", "pc-s1", "charged_cost"),
             Some(d("-2.4943380054"))
@@ -835,6 +847,75 @@ mod tests {
             value(&cmp, "subscription_id", "pc-s1", "control_cost"),
             Some(d("-2.4943380054"))
         );
+    }
+
+    /// Invoice lines of customer c1, subscription pc-s1: Azure plan usage `az`, a pay-as-you-go marketplace VM
+    /// image billed per hour `fw` (a MeterDescription), a marketplace SaaS plan `saas` (no meter), and a credit
+    /// on a metered marketplace meter `fwc`.
+    fn marketplace_invoice() -> LazyFrame {
+        staged(
+            &stg_pc_invoice_lines::schema(),
+            &[
+                ("line_id", &["az", "fw", "saas", "fwc"]),
+                ("customer_id", &["c1", "c1", "c1", "c1"]),
+                ("subscription_id", &["pc-s1", "pc-s1", "pc-s1", "pc-s1"]),
+                ("charge_start_date", &["2021-06-01", "2021-06-01", "2021-06-01", "2021-06-01"]),
+                ("charge_type", &["new", "new", "new", "customerCredit"]),
+                ("product_family", &["azure_usage", "marketplace", "marketplace", "marketplace"]),
+                ("publisher_name", &["Microsoft", "Fortinet", "SendGrid", "Fortinet"]),
+                (
+                    "meter_description",
+                    &[
+                        "Virtual Machines Dv3 - D2 v3",
+                        "Fortinet FortiGate Next-Generation Firewall (VM) - 1 Compute Hour",
+                        "",
+                        "Fortinet FortiGate Next-Generation Firewall (VM) - 1 Compute Hour",
+                    ],
+                ),
+                ("unit_price", &["0.5", "0.39", "14.95", "0.39"]),
+                ("effective_unit_price", &["0.5", "0.39", "14.95", "-0.39"]),
+                ("quantity", &["1", "1", "1", "1"]),
+                ("billable_quantity", &["10", "719.933408", "1", "10"]),
+                ("pc_to_bc_exchange_rate", &["1", "1", "1", "1"]),
+                ("currency", &["USD", "USD", "USD", "USD"]),
+                ("pricing_currency", &["USD", "USD", "USD", "USD"]),
+                ("subtotal", &["5", "280.77", "14.95", "-3.9"]),
+            ],
+        )
+    }
+
+    #[test]
+    fn metered_marketplace_lines_are_consumption() {
+        let run = |source: AzureUsageSource, with_usage: bool| {
+            let mut c = ctx();
+            c.policies.azure_usage_source = source;
+            let u = if with_usage { usage() } else { staged(&stg_pc_daily_usage::schema(), &[]) };
+            let out = int_charges(u, marketplace_invoice(), &ChargesOptions { has_daily_usage: with_usage }, &c).unwrap();
+            let ids = |lf: LazyFrame| -> Vec<String> {
+                let df = lf.filter(col("source_kind").eq(lit("invoice_line"))).collect().unwrap();
+                let mut v: Vec<String> = df.column("line_id").unwrap().str().unwrap().iter().flatten().map(str::to_string).collect();
+                v.sort();
+                v
+            };
+            (ids(out.charges), ids(out.control_lines), out.control_comparison.collect().unwrap())
+        };
+        // Daily usage present: the Azure line and the metered marketplace line are control totals (DESIGN §5);
+        // the SaaS plan and the credit stay charges.
+        let (charged, control, cmp) = run(AzureUsageSource::Auto, true);
+        assert_eq!(charged, vec!["fwc", "saas"]);
+        assert_eq!(control, vec!["az", "fw"]);
+        // pc-s1 of c1: daily usage u1 + u2 = 0.0556619946 − 2.55 = −2.4943380054 against az + fw = 5 + 280.77.
+        assert_eq!(value(&cmp, "subscription_id", "pc-s1", "control_cost"), Some(d("285.77")));
+        assert_eq!(value(&cmp, "subscription_id", "pc-s1", "charged_cost"), Some(d("-2.4943380054")));
+        // Forced to the invoice: every invoice line is charged and compared with the daily usage.
+        let (charged, control, cmp) = run(AzureUsageSource::Invoice, true);
+        assert_eq!(charged, vec!["az", "fw", "fwc", "saas"]);
+        assert!(control.is_empty());
+        assert_eq!(value(&cmp, "subscription_id", "pc-s1", "charged_cost"), Some(d("285.77")));
+        // `daily_usage` forced with no daily usage at all: the metered lines are still only a control total.
+        let (charged, control, _) = run(AzureUsageSource::DailyUsage, false);
+        assert_eq!(charged, vec!["fwc", "saas"]);
+        assert_eq!(control, vec!["az", "fw"]);
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub enum FxDatePolicy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AzureUsageSource {
-    /// Daily usage when the snapshot has any, else the invoice file's `azure_usage` lines.
+    /// Daily usage when the snapshot has any, else the invoice file's metered lines (`azure_usage` lines and any
+    /// other line with a `MeterDescription`).
     #[default]
     Auto,
     DailyUsage,

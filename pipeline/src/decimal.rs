@@ -26,6 +26,20 @@ pub fn null_dec() -> Expr {
     lit(NULL).cast(schemas::money())
 }
 
+/// `x` with 0 turned into null, for a divisor: `a / nonzero(b)` is null where `b` is 0 instead of failing the
+/// whole plan. Polars evaluates every branch of `when/then/otherwise` on every row and bails on a zero
+/// `Decimal` divisor (`division by zero Decimal`), so a division must be guarded inside its own expression,
+/// never by the branch condition that selects it (reference/rust-stack.md).
+pub fn nonzero(x: Expr) -> Expr {
+    when(x.clone().eq(dec("0"))).then(null_dec()).otherwise(x)
+}
+
+/// `x` where `|x| ≥ floor`, else null: a divisor that can neither be 0 nor so small that the quotient of a
+/// money amount overflows `Decimal(38, 18)` (whose integer part holds 20 digits).
+pub fn not_tiny(x: Expr, floor: &str) -> Expr {
+    when(x.clone().abs().lt(dec(floor))).then(null_dec()).otherwise(x)
+}
+
 /// The mantissa of `d` at scale 18 (what Polars stores for `Decimal(38, 18)`).
 pub fn to_mantissa(d: Decimal) -> i128 {
     let scale = d.scale() as i32;

@@ -89,6 +89,28 @@ impl RefTable {
         }
     }
 
+    /// Enumeration columns, staged in lower case (DESIGN §4.2). `billable` is a boolean, parsed in any case.
+    fn enumerations(self) -> &'static [&'static str] {
+        match self {
+            RefTable::Customers => &["template", "fx_policy", "consent_status"],
+            RefTable::OrgUnits => &["unit_type"],
+            RefTable::RateCards => &["template", "product_family", "method"],
+            RefTable::ManualLines => &["line_type"],
+            _ => &[],
+        }
+    }
+
+    /// ISO 4217 code columns, staged in upper case.
+    fn currencies(self) -> &'static [&'static str] {
+        match self {
+            RefTable::Customers => &["invoice_currency"],
+            RefTable::RateCards => &["currency"],
+            RefTable::FxRates => &["from_currency", "to_currency"],
+            RefTable::ManualLines | RefTable::PsaTime => &["currency"],
+            _ => &[],
+        }
+    }
+
     /// Decimal columns where a trailing `%` means percent (`15%` = 0.15).
     fn percent_columns(self) -> &'static [&'static str] {
         match self {
@@ -235,16 +257,28 @@ fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Ve
             }
         }
     };
+    // Enumerations are staged in lower case and ISO 4217 codes in upper case (DESIGN §4.2: both are
+    // case-insensitive), before any check, so `SMB`, `Markup_On_Cost` and `usd` are the values they spell.
+    for c in table.enumerations() {
+        recase(df, c, false).map_err(|e| vec![err(0, c, e.to_string())])?;
+    }
+    for c in table.currencies() {
+        recase(df, c, true).map_err(|e| vec![err(0, c, e.to_string())])?;
+    }
     match table {
         RefTable::Customers => {
+            // Ids compare case-insensitively everywhere (Partner Center GUIDs are typed in either case), so two
+            // rows differing only in case would be one customer twice.
             let ids = s(df, "customer_id");
-            let mut first: HashMap<&str, usize> = HashMap::new();
+            let mut first: HashMap<String, usize> = HashMap::new();
             for (i, id) in ids.iter().enumerate() {
                 if let Some(id) = id {
-                    if let Some(&j) = first.get(id.as_str()) {
-                        errors.push(err(i, "customer_id", format!("duplicate customer_id `{id}` (first on line {}); keep one row per customer", lines[j])));
+                    if let Some(&j) = first.get(&id.to_lowercase()) {
+                        let same = ids[j].as_deref().unwrap_or_default();
+                        let how = if same == id { String::new() } else { format!(" as `{same}`: ids compare case-insensitively") };
+                        errors.push(err(i, "customer_id", format!("duplicate customer_id `{id}` (first on line {}{how}); keep one row per customer", lines[j])));
                     } else {
-                        first.insert(id, i);
+                        first.insert(id.to_lowercase(), i);
                     }
                 }
             }
@@ -363,6 +397,80 @@ fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Ve
         RefTable::LicenseActivity | RefTable::Utilization => {}
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Replaces a text column by its lower-case (or upper-case) spelling; absent columns are left alone.
+fn recase(df: &mut DataFrame, col: &str, upper: bool) -> PolarsResult<()> {
+    let Ok(c) = df.column(col) else { return Ok(()) };
+    let ca = c.str()?;
+    let out: StringChunked = ca
+        .iter()
+        .map(|v| v.map(|v| if upper { v.to_uppercase() } else { v.to_lowercase() }))
+        .collect();
+    df.with_column(out.with_name(col.into()).into_column())?;
+    Ok(())
+}
+
+/// Customer-id columns of each reference table (other than `customers.csv` itself).
+pub fn customer_id_columns(table: RefTable) -> &'static [&'static str] {
+    match table {
+        RefTable::OrgUnits | RefTable::RateCards | RefTable::ManualLines | RefTable::PsaTime | RefTable::LicenseActivity => {
+            &["customer_id"]
+        }
+        RefTable::TagRules => &["customer_id", "target_customer_id"],
+        RefTable::Customers | RefTable::FxRates | RefTable::Utilization => &[],
+    }
+}
+
+/// Lower-cased customer id → its spelling in `customers.csv` (staged, so unique case-insensitively).
+fn spellings(customers: &DataFrame) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let Ok(ca) = customers.column("customer_id").and_then(|c| c.str().cloned()) {
+        for id in ca.iter().flatten() {
+            out.entry(id.to_lowercase()).or_insert_with(|| id.to_string());
+        }
+    }
+    out
+}
+
+/// Rewrites the customer ids of a staged reference table in the spelling of `customers.csv` (DESIGN §4.2:
+/// ids are case-insensitive; outputs use the customers.csv spelling). Ids not in `customers.csv` and `*` stay
+/// as written.
+pub fn with_customer_spelling(table: RefTable, df: &mut DataFrame, customers: &DataFrame) -> PolarsResult<()> {
+    let map = spellings(customers);
+    for c in customer_id_columns(table) {
+        let Ok(column) = df.column(c) else { continue };
+        let ca = column.str()?;
+        let out: StringChunked = ca
+            .iter()
+            .map(|v| v.map(|v| map.get(&v.to_lowercase()).cloned().unwrap_or_else(|| v.to_string())))
+            .collect();
+        df.with_column(out.with_name((*c).into()).into_column())?;
+    }
+    Ok(())
+}
+
+/// `column` of a Partner Center frame (the export's `CustomerId`) in the spelling of `customers.csv`, matched
+/// case-insensitively; ids not in `customers.csv` stay as written. A left join on a small frame: it keeps the
+/// rows and their order, and streams.
+pub fn customer_spelling(lf: LazyFrame, customers: &DataFrame, column: &str) -> LazyFrame {
+    let map = spellings(customers);
+    if map.is_empty() {
+        return lf;
+    }
+    let (keys, ids): (Vec<String>, Vec<String>) = map.into_iter().unzip();
+    let Ok(table) = DataFrame::new_infer_height(vec![
+        Column::new("__spelling_key".into(), keys),
+        Column::new("__spelling".into(), ids),
+    ]) else {
+        return lf;
+    };
+    let mut args = JoinArgs::new(JoinType::Left);
+    args.maintain_order = MaintainOrderJoin::Left;
+    lf.with_column(col(column).str().to_lowercase().alias("__spelling_key"))
+        .join(table.lazy(), [col("__spelling_key")], [col("__spelling_key")], args)
+        .with_column(coalesce(&[col("__spelling"), col(column)]).alias(column))
+        .drop(cols(["__spelling_key", "__spelling"]))
 }
 
 fn positive(df: &DataFrame, col: &str, err: &dyn Fn(usize, &str, String) -> ConfigError, errors: &mut Vec<ConfigError>) {
@@ -605,5 +713,92 @@ mod tests {
         let e = stage_reference(RefTable::PsaTime, "psa.csv", &h, &r).unwrap_err();
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].line, e[0].column.as_str()), (4, "billable"));
+    }
+
+    fn strs(df: &DataFrame, c: &str) -> Vec<Option<String>> {
+        df.column(c).unwrap().str().unwrap().iter().map(|v| v.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn enumerations_and_currency_codes_are_case_insensitive() {
+        // DESIGN §4.2: staged enumerations in lower case, currencies in upper case; unknown values still refused.
+        let (h, r) = rows(&[
+            "customer_id,customer_name,invoice_currency,template,fx_policy,consent_status",
+            "c1,Contoso,usd,SMB,Market,Active",
+            "c2,Fabrikam,Eur,Enterprise,,",
+        ]);
+        let c = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap();
+        assert_eq!(strs(&c.df, "invoice_currency"), vec![Some("USD".into()), Some("EUR".into())]);
+        assert_eq!(strs(&c.df, "template"), vec![Some("smb".into()), Some("enterprise".into())]);
+        assert_eq!(strs(&c.df, "fx_policy"), vec![Some("market".into()), None]);
+        assert_eq!(strs(&c.df, "consent_status"), vec![Some("active".into()), None]);
+        let (h, r) = rows(&[
+            "rule_id,template,product_family,method,value,currency",
+            "r1,SMB,Azure_Usage,Markup_On_Cost,0.1,",
+            "r2,*,LICENSE,FIXED_UNIT_PRICE,3.5,eur",
+        ]);
+        let rc = stage_reference(RefTable::RateCards, "rate_cards.csv", &h, &r).unwrap();
+        assert_eq!(strs(&rc.df, "method"), vec![Some("markup_on_cost".into()), Some("fixed_unit_price".into())]);
+        assert_eq!(strs(&rc.df, "product_family"), vec![Some("azure_usage".into()), Some("license".into())]);
+        assert_eq!(strs(&rc.df, "template"), vec![Some("smb".into()), Some("*".into())]);
+        assert_eq!(strs(&rc.df, "currency"), vec![None, Some("EUR".into())]);
+        let (h, r) = rows(&["date,from_currency,to_currency,rate", "2025-06-30,usd,Eur,0.9"]);
+        let fx = stage_reference(RefTable::FxRates, "fx_rates.csv", &h, &r).unwrap();
+        assert_eq!((strs(&fx.df, "from_currency"), strs(&fx.df, "to_currency")), (vec![Some("USD".into())], vec![Some("EUR".into())]));
+        let (h, r) = rows(&["customer_id,period,description,quantity,unit_price,currency,line_type", "c1,2025-06,x,1,2,gbp,Credit"]);
+        let ml = stage_reference(RefTable::ManualLines, "manual_lines.csv", &h, &r).unwrap();
+        assert_eq!((strs(&ml.df, "currency"), strs(&ml.df, "line_type")), (vec![Some("GBP".into())], vec![Some("credit".into())]));
+        let (h, r) = rows(&["unit_id,customer_id,unit_type", "U1,c1,Cost_Center"]);
+        let ou = stage_reference(RefTable::OrgUnits, "org_units.csv", &h, &r).unwrap();
+        assert_eq!(strs(&ou.df, "unit_type"), vec![Some("cost_center".into())]);
+        // Still refused, with file, line and column: an unknown method in any case, a code that is no currency.
+        let (h, r) = rows(&["rule_id,method,value,currency", "r1,Markup_On_Kost,0.1,", "r2,markup_on_cost,0.1,euro"]);
+        let e = stage_reference(RefTable::RateCards, "rate_cards.csv", &h, &r).unwrap_err();
+        let mut found: Vec<(u64, &str)> = e.iter().map(|e| (e.line, e.column.as_str())).collect();
+        found.sort();
+        assert_eq!(found, vec![(2, "method"), (3, "currency")]);
+        assert!(e.iter().any(|e| e.message.contains("unknown method `markup_on_kost`")), "{e:?}");
+    }
+
+    #[test]
+    fn customer_ids_differing_only_in_case_are_a_configuration_error() {
+        let (h, r) = rows(&[
+            "customer_id,customer_name,invoice_currency,template",
+            "abcdef01-0000-4000-8000-000000000001,A,EUR,smb",
+            "ABCDEF01-0000-4000-8000-000000000001,B,EUR,smb",
+        ]);
+        let e = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].file.as_str(), e[0].line, e[0].column.as_str()), ("customers.csv", 3, "customer_id"));
+        assert_eq!(
+            e[0].message,
+            "duplicate customer_id `ABCDEF01-0000-4000-8000-000000000001` (first on line 2 as `abcdef01-0000-4000-8000-000000000001`: ids compare case-insensitively); keep one row per customer"
+        );
+    }
+
+    #[test]
+    fn customer_ids_take_the_spelling_of_customers_csv() {
+        let (h, r) = rows(&["customer_id,customer_name,invoice_currency,template", "AbC-1,A,EUR,smb", "d-2,D,EUR,smb"]);
+        let customers = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap().df;
+        let (h, r) = rows(&[
+            "rule_id,priority,customer_id,target_customer_id,share",
+            "t1,1,abc-1,D-2,",
+            "t2,2,ghost,,",
+        ]);
+        let mut tags = stage_reference(RefTable::TagRules, "tag_rules.csv", &h, &r).unwrap().df;
+        with_customer_spelling(RefTable::TagRules, &mut tags, &customers).unwrap();
+        assert_eq!(strs(&tags, "customer_id"), vec![Some("AbC-1".into()), Some("ghost".into())]);
+        assert_eq!(strs(&tags, "target_customer_id"), vec![Some("d-2".into()), None]);
+        // A Partner Center frame: rows and order kept, ids not in customers.csv as written.
+        let pc = df!("customer_id" => [Some("ABC-1"), None, Some("x"), Some("D-2"), Some("abc-1")], "n" => [1, 2, 3, 4, 5])
+            .unwrap()
+            .lazy();
+        let out = customer_spelling(pc, &customers, "customer_id").collect().unwrap();
+        assert_eq!(
+            strs(&out, "customer_id"),
+            vec![Some("AbC-1".into()), None, Some("x".into()), Some("d-2".into()), Some("AbC-1".into())]
+        );
+        assert_eq!(out.column("n").unwrap().i32().unwrap().into_no_null_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(out.get_column_names(), vec!["customer_id", "n"]);
     }
 }

@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests: running the binary, finding the sample workspace and the real
-//! fixtures, and reading outputs back with DuckDB or pyarrow through the CI's Python (`CSPBILL_PYTHON`).
+//! fixtures (in `tests/fixtures/partner-center/`), and reading outputs back with DuckDB or pyarrow through the CI's Python (`CSPBILL_PYTHON`).
 
 #![allow(dead_code)]
 
@@ -11,9 +11,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `shared/fixtures/partner-center`, beside the repository (as CI lays it out).
+/// The real Partner Center fixtures, copied into the repository (`tests/fixtures/partner-center/`, with their
+/// README of known totals), so a fresh clone runs every test.
 pub fn fixtures() -> PathBuf {
-    repo().join("../shared/fixtures/partner-center")
+    repo().join("tests/fixtures/partner-center")
 }
 
 /// Runs the `cspbill` binary with `args`, returning its output.

@@ -352,7 +352,7 @@ fn resolve_keys(keys: LazyFrame, rules: &[TagRule]) -> PolarsResult<LazyFrame> {
             .enumerate()
             .map(|(i, r)| {
                 when(at_win(i, r))
-                    .then(lit(format!("`{}`", r.rule_id)))
+                    .then(lit(format!("`{}` ({})", r.rule_id, rule_lines(r))))
                     .otherwise(lit(NULL).cast(DataType::String))
             })
             .collect();
@@ -385,6 +385,13 @@ fn resolve_keys(keys: LazyFrame, rules: &[TagRule]) -> PolarsResult<LazyFrame> {
             .field_by_name(MALFORMED)
             .alias(IS_MALFORMED),
     ]))
+}
+
+/// Where a rule is written: `tag_rules.csv line 4`, or `tag_rules.csv lines 4, 5, 6` for a split.
+fn rule_lines(r: &TagRule) -> String {
+    let lines: Vec<String> = r.parts.iter().map(|p| p.line_number.to_string()).collect();
+    let s = if lines.len() == 1 { "" } else { "s" };
+    format!("tag_rules.csv line{s} {}", lines.join(", "))
 }
 
 /// The rules' parts as a small frame: rule id, part number, share, target customer (and its name), unit,
@@ -569,6 +576,23 @@ fn to_allocated(exploded: LazyFrame, others: usize) -> PolarsResult<LazyFrame> {
     Ok(lf.select(select))
 }
 
+/// Where a charge can be looked up: "`FILE` line N (line_id `…`)", the source file and line of the export.
+fn charge_location() -> Expr {
+    concat_str(
+        [
+            lit("`"),
+            col(ic::source_file).fill_null(lit("?")),
+            lit("` line "),
+            col(ic::line_number).cast(DataType::String).fill_null(lit("?")),
+            lit(" (line_id `"),
+            col(ic::line_id).fill_null(lit("")),
+            lit("`)"),
+        ],
+        "",
+        false,
+    )
+}
+
 /// Error rows: conflicting rules (one row per distinct charge key, naming one charge and the count) and units
 /// that are not of the charge's customer (rules of any customer).
 fn errors_frame(
@@ -579,14 +603,14 @@ fn errors_frame(
     let conflicts = resolved
         .filter(col(N_WIN).gt(lit(1i64)))
         .group_by_stable([col(ic::customer_id), col(ic::subscription_id), col(CONFLICT_IDS), col(WIN_PRIO)])
-        .agg([col(ic::line_id).first().alias("__line"), len().cast(DataType::Int64).alias("__n")])
+        .agg([charge_location().first().alias("__line"), len().cast(DataType::Int64).alias("__n")])
         .select([
             lit(ERR_RULE_CONFLICT).alias("code"),
             concat_str(
                 [
-                    lit("charge `"),
+                    lit("the charge in "),
                     col("__line"),
-                    lit("` (customer `"),
+                    lit(" (customer `"),
                     col(ic::customer_id).fill_null(lit("")),
                     lit("`, subscription `"),
                     col(ic::subscription_id).fill_null(lit("")),
@@ -609,16 +633,16 @@ fn errors_frame(
     let units = exploded
         .filter(col(P_UNIT).is_not_null().and(col(P_PATH).is_null()))
         .group_by_stable([col(RULE), col(ia::customer_id), col(P_UNIT)])
-        .agg([col(ic::line_id).first().alias("__line")])
+        .agg([charge_location().first().alias("__line")])
         .select([
             lit(ERR_UNIT_NOT_OF_CUSTOMER).alias("code"),
             concat_str(
                 [
                     lit("tag rule `"),
                     col(RULE),
-                    lit("` sends charge `"),
+                    lit("` (tag_rules.csv) sends the charge in "),
                     col("__line"),
-                    lit("` to unit `"),
+                    lit(" to unit `"),
                     col(P_UNIT),
                     lit("`, which is not a unit of its customer `"),
                     col(ia::customer_id),

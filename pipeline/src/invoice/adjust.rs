@@ -52,6 +52,12 @@ fn sides(df: &DataFrame) -> Result<BTreeMap<Key, Side>> {
     let unit = cells::strs(df, fl::unit)?;
     let mut out: BTreeMap<Key, Side> = BTreeMap::new();
     for i in 0..cust.len() {
+        // Adjustment lines on a period's own invoice correct *earlier* periods: they are not that period's
+        // charges, and re-stating it must not reverse them (they are accounted for when the period they correct
+        // is re-stated, mapped back to their original lines by the job).
+        if lt[i].as_deref() == Some("adjustment") {
+            continue;
+        }
         let o = |v: &Option<String>| v.clone().unwrap_or_default();
         let key = (o(&cust[i]), o(&ccy[i]), o(&lt[i]), o(&gk[i]), o(&fam[i]));
         let e = out.entry(key).or_default();

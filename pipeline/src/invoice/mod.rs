@@ -335,9 +335,16 @@ fn line_aggregate(rated: LazyFrame) -> LazyFrame {
     let no_unit = qf.clone().eq(dec("0")).or(s(r::source_kind)
         .eq(lit("daily_usage"))
         .fill_null(lit(false)));
+    // Every branch runs on every row: the divisor itself is never 0, nor so small (a prorated sliver of a
+    // seat) that the quotient overflows Decimal(38, 18); such a line shows no unit price.
     let whole = when(no_unit.clone())
         .then(lit(NULL).cast(schemas::money()))
-        .otherwise(s(r::price) / when(no_unit).then(dec("1")).otherwise(qf));
+        .otherwise(
+            s(r::price)
+                / when(no_unit)
+                    .then(dec("1"))
+                    .otherwise(crate::decimal::not_tiny(qf, "0.000000001")),
+        );
     keyed(rated)
         .group_by(by)
         .agg([

@@ -371,7 +371,7 @@ fn numbers_count_customer_and_currency_in_code_point_order_and_are_stable() {
     let mut refs = Refs::new();
     refs.customers = stage(
         RefTable::Customers,
-        "customer_id,customer_name,invoice_currency,template\nb,Bee,USD,smb\nB,Big Bee,USD,smb\na,Ay,USD,smb\nc,See,USD,smb",
+        "customer_id,customer_name,invoice_currency,template\nb,Bee,USD,smb\nBz,Big Bee,USD,smb\na,Ay,USD,smb\nc,See,USD,smb",
     );
     // `a` also has a manual line in EUR: a second invoice. `c` has only an unpriced charge: no invoice.
     refs.manual = stage(
@@ -380,16 +380,17 @@ fn numbers_count_customer_and_currency_in_code_point_order_and_are_stable() {
     );
     let parts = [
         "p1,b,smb,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,2,priced,,,2025-06-01",
-        "p2,B,smb,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,2,priced,,,2025-06-01",
+        "p2,Bz,smb,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,2,priced,,,2025-06-01",
         "p3,a,smb,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,2,priced,,,2025-06-01",
         "p4,c,smb,USD,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,,unpriced,,,2025-06-01",
     ];
     let mut ctx = june();
     ctx.policies.invoice_prefix = "MSP".into();
     let first = refs.run(rated_rows(&parts), &ctx);
-    // Code points: `B` (66) < `a` (97) < `b` (98); `EUR` < `USD`.
+    // Code points: `Bz` (66) < `a` (97) < `b` (98); `EUR` < `USD`. (Two ids differing only in case would be
+    // one customer twice: customers.csv refuses that since issue 11.)
     let expected = vec![
-        "MSP-202506-0001 | B | USD",
+        "MSP-202506-0001 | Bz | USD",
         "MSP-202506-0002 | a | EUR",
         "MSP-202506-0003 | a | USD",
         "MSP-202506-0004 | b | USD",
@@ -690,6 +691,28 @@ fn adjustments_sum_exactly_to_restated_minus_issued_and_land_on_the_next_invoice
 }
 
 #[test]
+fn restating_a_period_leaves_the_adjustments_it_billed_for_earlier_periods_alone() {
+    // July closed with its own usage (3) and an adjustment for June (+2.50). Re-stating July with unchanged
+    // inputs computes its own charges only: no line may reverse June's adjustment (it would refund the late
+    // June charge the customer already paid in July). Found by the end-to-end test of two closed periods.
+    let refs = Refs::new();
+    let july_ctx = RunContext::for_period("2025-07".parse().unwrap());
+    let own = ["j,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,1,1,1,3,priced,,,2025-07-01"];
+    let june_adj = adjustment_lines(
+        &refs.run(rated_rows(&["a,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,10,1,8,10,priced,,,2025-06-01"]), &june()).lines,
+        &refs.run(rated_rows(&["a,c1,smb,EUR,usage,azure_usage,daily_usage,DZH,0001,Azure plan,,VM,S1,,,h,10,1,8,12.5,priced,,,2025-06-01"]), &june()).lines,
+        "2025-06".parse().unwrap(),
+        "2025-07".parse().unwrap(),
+    )
+    .unwrap();
+    let issued_july = refs.run_with(rated_rows(&own), june_adj, &july_ctx).lines;
+    assert_eq!(rows(&issued_july, &[fl::line_type, fl::amount]), vec!["usage | 3", "adjustment | 2.5"]);
+    let restated_july = refs.run(rated_rows(&own), &july_ctx).lines;
+    let adj = adjustment_lines(&issued_july, &restated_july, "2025-07".parse().unwrap(), "2025-08".parse().unwrap()).unwrap();
+    assert_eq!(adj.height(), 0, "{adj}");
+}
+
+#[test]
 fn output_schemas_match_the_contract() {
     let refs = Refs::new();
     let empty_rated = DataFrame::empty_with_schema(&r::schema()).lazy();
@@ -750,8 +773,25 @@ fn market_rate_prefers_direct_then_inverted_reverse() {
     );
 }
 
+/// A fixed seed and no failure file: the same cases every run, nothing written into the tracked
+/// `proptest-regressions/` (a failing case is printed; add it to the known cases as a plain test).
+fn deterministic(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(11),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+#[test]
+fn subtotal_known_cases() {
+    // The case proptest once saved to proptest-regressions/invoice/tests.txt.
+    check_subtotal(("JPY", 0), RoundingMode::HalfEven, &[(-2105000001, 7, 1)]).unwrap();
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(deterministic(48))]
 
     /// For random lines in JPY (0 places), EUR (2) and KWD (3) under each mode: the subtotal is the sum of the
     /// rounded lines, each line has at most the minor unit's places, and |Σ rounded − Σ unrounded| stays within
@@ -762,38 +802,43 @@ proptest! {
         mode in prop::sample::select(vec![RoundingMode::HalfEven, RoundingMode::HalfUp, RoundingMode::Down]),
         prices in prop::collection::vec((-10_000_000_000i64..10_000_000_000i64, 0u32..=9, 1usize..=3), 1..25),
     ) {
-        let (code, dp) = ccy;
-        let mut refs = Refs::new();
-        refs.customers = stage(RefTable::Customers, &format!("customer_id,customer_name,invoice_currency,template\nx,X,{code},smb"));
-        // Each price lands on one of a few SKU lines; several parts may share a line.
-        let parts: Vec<String> = prices
-            .iter()
-            .enumerate()
-            .map(|(i, (m, scale, sku))| {
-                let price = Decimal::new(*m, *scale);
-                let kind = if price.is_sign_negative() { "refund" } else { "license" };
-                format!("p{i},x,smb,{code},{kind},license,invoice_line,P{sku},0001,X,Y,,PS,,,Licenses,1,1,0,{price},priced,,,2025-06-01")
-            })
-            .collect();
-        let refs_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-        let mut ctx = june();
-        ctx.policies.rounding = mode;
-        let out = refs.run(rated_rows(&refs_parts), &ctx);
-        let amounts: Vec<Decimal> = cells::decs(&out.lines, fl::amount).unwrap().into_iter().map(Option::unwrap).collect();
-        let unrounded: Vec<Decimal> = cells::decs(&out.lines, fl::amount_unrounded).unwrap().into_iter().map(Option::unwrap).collect();
-        let sum_rounded: Decimal = amounts.iter().sum();
-        let sum_unrounded: Decimal = unrounded.iter().sum();
-        let subtotal = cells::decs(&out.invoices, fi::subtotal).unwrap()[0].unwrap();
-        prop_assert_eq!(subtotal, sum_rounded);
-        prop_assert_eq!(sum_unrounded, prices.iter().map(|(m, s, _)| Decimal::new(*m, *s)).sum::<Decimal>());
-        for a in &amounts {
-            prop_assert!(a.normalize().scale() <= dp, "{} has more than {} places", a, dp);
-        }
-        let unit = Decimal::new(1, dp);
-        let per_line = if mode == RoundingMode::Down { unit } else { unit / Decimal::TWO };
-        prop_assert!((sum_rounded - sum_unrounded).abs() <= per_line * Decimal::from(amounts.len()));
-        prop_assert!(out.checks.iter().all(InvoiceCheck::ok));
+        check_subtotal(ccy, mode, &prices)?;
     }
+}
+
+fn check_subtotal(ccy: (&str, u32), mode: RoundingMode, prices: &[(i64, u32, usize)]) -> Result<(), TestCaseError> {
+    let (code, dp) = ccy;
+    let mut refs = Refs::new();
+    refs.customers = stage(RefTable::Customers, &format!("customer_id,customer_name,invoice_currency,template\nx,X,{code},smb"));
+    // Each price lands on one of a few SKU lines; several parts may share a line.
+    let parts: Vec<String> = prices
+        .iter()
+        .enumerate()
+        .map(|(i, (m, scale, sku))| {
+            let price = Decimal::new(*m, *scale);
+            let kind = if price.is_sign_negative() { "refund" } else { "license" };
+            format!("p{i},x,smb,{code},{kind},license,invoice_line,P{sku},0001,X,Y,,PS,,,Licenses,1,1,0,{price},priced,,,2025-06-01")
+        })
+        .collect();
+    let refs_parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let mut ctx = june();
+    ctx.policies.rounding = mode;
+    let out = refs.run(rated_rows(&refs_parts), &ctx);
+    let amounts: Vec<Decimal> = cells::decs(&out.lines, fl::amount).unwrap().into_iter().map(Option::unwrap).collect();
+    let unrounded: Vec<Decimal> = cells::decs(&out.lines, fl::amount_unrounded).unwrap().into_iter().map(Option::unwrap).collect();
+    let sum_rounded: Decimal = amounts.iter().sum();
+    let sum_unrounded: Decimal = unrounded.iter().sum();
+    let subtotal = cells::decs(&out.invoices, fi::subtotal).unwrap()[0].unwrap();
+    prop_assert_eq!(subtotal, sum_rounded);
+    prop_assert_eq!(sum_unrounded, prices.iter().map(|(m, s, _)| Decimal::new(*m, *s)).sum::<Decimal>());
+    for a in &amounts {
+        prop_assert!(a.normalize().scale() <= dp, "{} has more than {} places", a, dp);
+    }
+    let unit = Decimal::new(1, dp);
+    let per_line = if mode == RoundingMode::Down { unit } else { unit / Decimal::TWO };
+    prop_assert!((sum_rounded - sum_unrounded).abs() <= per_line * Decimal::from(amounts.len()));
+    prop_assert!(out.checks.iter().all(InvoiceCheck::ok));
+    Ok(())
 }
 
 #[test]

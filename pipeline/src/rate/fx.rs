@@ -9,7 +9,7 @@ use polars::prelude::*;
 use rust_decimal::Decimal;
 use schemas::stg_fx_rates as fx;
 
-use crate::decimal::dec_lit;
+use crate::decimal::{dec_lit, nonzero};
 
 pub const FROM: &str = "_fx_from";
 pub const TO: &str = "_fx_to";
@@ -70,7 +70,8 @@ pub fn market_rates(needs: LazyFrame, fx_rates: &DataFrame) -> LazyFrame {
         .with_columns([
             when(col("_d_rate").is_not_null())
                 .then(col("_d_rate"))
-                .otherwise(dec_lit(Decimal::ONE) / col("_v_rate"))
+                // Computed on rows with a direct rate too: the divisor is guarded in the expression.
+                .otherwise(dec_lit(Decimal::ONE) / nonzero(col("_v_rate")))
                 .alias(RATE),
             when(col("_d_rate").is_not_null())
                 .then(col("_d_date"))

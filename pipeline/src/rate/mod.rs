@@ -19,7 +19,7 @@ use schemas::int_charges_rated as out;
 use schemas::stg_customers as cu;
 
 use crate::context::{FxDatePolicy, ProrationPolicy, RunContext};
-use crate::decimal::{dec_lit, null_dec};
+use crate::decimal::{dec_lit, nonzero, null_dec};
 use crate::error::{ConfigError, PipelineError, Result};
 
 pub use check::microsoft_subtotal_check;
@@ -189,7 +189,22 @@ pub fn int_charges_rated(
         .clone()
         .filter(col("_known").and(col("_credit").not()))
         .group_by(key_cols.clone())
-        .agg([col("line_id").min().alias(SAMPLE)]);
+        // One line per key to name in a tie: where a person can find it (the charge's source file and line).
+        .agg([concat_str(
+            [
+                s("`"),
+                col("source_file").fill_null(s("?")),
+                s("` line "),
+                col("line_number").cast(DataType::String).fill_null(s("?")),
+                s(" (line_id `"),
+                col("line_id").fill_null(s("")),
+                s("`)"),
+            ],
+            "",
+            false,
+        )
+        .min()
+        .alias(SAMPLE)]);
     // The distinct keys are few (thousands, not millions): collected here, with the streaming engine, so that
     // the plan below joins a small in-memory table instead of a second copy of the month (a self-join would
     // make Polars cache the whole input).
@@ -334,8 +349,9 @@ pub fn int_charges_rated(
                 .then(one())
                 .when(kind(fx_source::FIXED))
                 .then(col("_fixed_fx_rate"))
+                // Every branch is computed on every row: the divisor is guarded here, not by `kind`.
                 .when(kind(fx_source::MICROSOFT))
-                .then(one() / col("pc_to_bc_rate"))
+                .then(one() / nonzero(col("pc_to_bc_rate")))
                 .when(market_line.clone())
                 .then(col("_lm_rate"))
                 .otherwise(null_dec())
@@ -358,7 +374,8 @@ pub fn int_charges_rated(
                 .when(col(rules::R_METHOD).eq(s("markup_on_cost")))
                 .then(col("cost") * (one() + col(rules::R_VALUE)))
                 .when(col(rules::R_METHOD).eq(s("margin_on_cost")))
-                .then(col("cost") / (one() - col(rules::R_VALUE)))
+                // Also computed for markup rows, where 1 − v may be 0 (a 100 % markup): guard the divisor.
+                .then(col("cost") / nonzero(one() - col(rules::R_VALUE)))
                 .when(col(rules::R_METHOD).eq(s("discount_off_list")))
                 .then(col("list") * (one() - col(rules::R_VALUE)))
                 .when(col(rules::R_METHOD).eq(s("markup_on_list")))
@@ -519,9 +536,9 @@ pub fn int_charges_rated(
                     col("_tie_id"),
                     s("` (line "),
                     col("_tie_line").cast(DataType::String),
-                    s(") are equally specific for line `"),
+                    s(") are equally specific for the charge in "),
                     col(SAMPLE),
-                    s("` on "),
+                    s(" on "),
                     col(rules::K_DATE)
                         .cast(DataType::String)
                         .fill_null(s("an unknown date")),
@@ -557,6 +574,45 @@ pub fn int_charges_rated(
         .map_err(PipelineError::polars(STAGE))?
         .sort(["code", "message"], SortMultipleOptions::default());
     Ok(Rated { rated, errors })
+}
+
+/// The warning for parts converted at the market rate although the customer's policy is `microsoft`
+/// (`fx_source = market_fallback`), naming each customer with its count and currencies, so the MSP knows whose
+/// FX policy or invoice currency to look at; None when there are none.
+pub fn market_fallback_warning(rated: LazyFrame) -> PolarsResult<Option<String>> {
+    let by = rated
+        .filter(col(out::fx_source).eq(s(fx_source::MARKET_FALLBACK)).fill_null(lit(false)))
+        .group_by([col(out::customer_id), col(out::billing_currency), col(out::invoice_currency)])
+        .agg([len().cast(DataType::Int64).alias("parts")])
+        .sort(
+            [out::customer_id, out::billing_currency, out::invoice_currency],
+            SortMultipleOptions::default().with_nulls_last(true),
+        )
+        .collect_with_engine(Engine::Streaming)?
+        .unwrap_single();
+    if by.height() == 0 {
+        return Ok(None);
+    }
+    let ids = by.column(out::customer_id)?.str()?.clone();
+    let bcs = by.column(out::billing_currency)?.str()?.clone();
+    let ics = by.column(out::invoice_currency)?.str()?.clone();
+    let parts = by.column("parts")?.i64()?.clone();
+    let total: i64 = parts.sum().unwrap_or(0);
+    let named: Vec<String> = (0..by.height())
+        .map(|i| {
+            format!(
+                "`{}` ({} part(s) {} → {})",
+                ids.get(i).unwrap_or("?"),
+                parts.get(i).unwrap_or(0),
+                bcs.get(i).unwrap_or("?"),
+                ics.get(i).unwrap_or("?")
+            )
+        })
+        .collect();
+    Ok(Some(format!(
+        "{total} part(s) converted at the market rate (fx_source `market_fallback`) for customer(s) {}: fx_policy `microsoft` but the invoice currency is neither the billing nor the pricing currency, or Microsoft's PCToBCExchangeRate is missing or 0; set the customer's fx_policy in customers.csv (`market` or `fixed`) to make it explicit",
+        named.join(", ")
+    )))
 }
 
 #[cfg(test)]
