@@ -92,8 +92,10 @@ fn collect(lf: LazyFrame, stage: &str) -> Result<DataFrame> {
 
 /// Streams a stage's big output into the spool (as it will be published) and returns a scan of it.
 fn spool_table(spool: &crate::spool::Spool, lf: LazyFrame, table: &str, period: pipeline::Period) -> Result<(LazyFrame, crate::spool::SpoolTable)> {
+    let started = std::time::Instant::now();
     let path = spool.path(&format!("tables/{table}.parquet"))?;
     let t = crate::spool::sink_table(lf, &path, table, period)?;
+    debug!(table, ms = started.elapsed().as_millis() as u64, spool = %path.display(), "stage computed (streamed to the spool)");
     Ok((t.scan()?, t))
 }
 
