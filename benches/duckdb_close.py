@@ -475,13 +475,23 @@ def main() -> int:
         charges_sql = "SELECT * EXCLUDE (metered) FROM invoice_charges_all"
     con.execute(f"CREATE OR REPLACE VIEW int_charges AS {charges_sql}")
 
+    # Two passes over the charges, as the rules' shape asks (rust-stack.md "Shapes that are not ordinary joins"):
+    # pass 1 collects the distinct keys that decide allocation, rating and grouping (a few thousand to a few
+    # hundred thousand); the rules are resolved on them; pass 2 streams every charge once through one join with
+    # the resolved key parts, computes the split amounts and prices, and sums the invoice lines.
+    KEY = ["source_kind", "customer_id", "subscription_id", "resource_group", "tags", "product_family",
+           "product_id", "sku_id", "meter_category", "meter_subcategory", "is_credit", "charge_date",
+           "billing_currency", "pricing_currency", "pc_to_bc_rate"]
+    con.execute(f"CREATE OR REPLACE TABLE charge_keys AS SELECT {', '.join(KEY)}, count(*) AS n FROM int_charges GROUP BY ALL")
+    t = step("pass1_distinct_keys", t)
+
     # ---- §5 Allocate: tag rules on the distinct (customer, subscription, resource group, tags) ---------------
     con.execute("""
       CREATE OR REPLACE TABLE alloc_keys AS
       SELECT DISTINCT lower(customer_id) AS k_customer, lower(subscription_id) AS k_sub, resource_group, tags
-      FROM int_charges
+      FROM charge_keys
     """)
-    # every (key, tag key, tag value) of JSON-object Tags; keys case-insensitive, values as text
+    # every (tags, key, value) of JSON-object Tags; keys case-insensitive, values as text
     con.execute("""
       CREATE OR REPLACE TABLE key_tags AS
       WITH t AS (SELECT DISTINCT tags FROM alloc_keys WHERE tags IS NOT NULL AND json_valid(tags)
@@ -492,6 +502,8 @@ def main() -> int:
                   WHEN json_type(kv.value) = 'NULL' THEN '' ELSE CAST(kv.value AS VARCHAR) END AS v
       FROM e
     """)
+    # a rule matches when every field it names matches: customer and subscription exactly (case-insensitive),
+    # resource group by a case-insensitive glob, tag key case-insensitively and tag value by a case-sensitive glob
     con.execute("""
       CREATE OR REPLACE TABLE alloc_match AS
       SELECT k.k_customer, k.k_sub, k.resource_group, k.tags, r.rule_id, r.priority
@@ -502,6 +514,7 @@ def main() -> int:
        AND (r.r_key IS NULL OR EXISTS (SELECT 1 FROM key_tags g WHERE g.tags = k.tags AND g.k = r.r_key
                                         AND (r.r_value IS NULL OR g.v GLOB r.r_value)))
     """)
+    # the lowest priority wins; two rule ids at the winning priority are a conflict (cspbill: exit 2)
     con.execute("""
       CREATE OR REPLACE TABLE alloc_win AS
       SELECT k_customer, k_sub, resource_group, tags, min(rule_id) AS rule_id, count(DISTINCT rule_id) AS n_win
@@ -512,58 +525,49 @@ def main() -> int:
     conflicts = con.execute("SELECT count(*) FROM alloc_win WHERE n_win > 1").fetchone()[0]
     if conflicts:
         raise SystemExit(f"{conflicts} charge key(s) match two tag rules at the winning priority (cspbill exits 2)")
-    # the last part of a split takes the remainder: a − Σ round18(a × share of the other parts)
+    # the last part of a split takes the remainder: a − Σ round18(a × share) over the other parts
     max_parts = con.execute("SELECT coalesce(max(part_no), 1) FROM tag_parts").fetchone()[0]
     others = [f"os{k}" for k in range(1, max_parts)]
     other_cols = ", ".join(
         f"max(CASE WHEN part_no = {k} AND NOT is_last THEN share END) OVER (PARTITION BY rule_id) AS os{k}"
         for k in range(1, max_parts)) or "NULL AS _none"
     con.execute(f"CREATE OR REPLACE TABLE tag_parts_x AS SELECT *, {other_cols} FROM tag_parts")
-
-    def split(a: str) -> str:
-        rest = " - ".join([a] + [f"coalesce(dmul({a}, p.{o}), 0)" for o in others])
-        return f"CASE WHEN p.rule_id IS NULL THEN {a} WHEN p.is_last THEN {rest} ELSE dmul({a}, p.share) END"
-
+    fx_need = p_end if fx_date_policy == "period_end" else "k.charge_date"
+    # one row per key and part: the paying customer (the target's spelling, else the charge's own), its unit
     con.execute(f"""
-      CREATE OR REPLACE VIEW int_charges_allocated AS
-      SELECT c.source_kind, c.customer_id AS source_customer_id,
-             coalesce(p.target_customer_id, c.customer_id) AS customer_id,
-             c.subscription_id, c.product_family, c.product_id, c.sku_id, c.meter_category, c.meter_subcategory,
-             c.is_credit, c.charge_date, c.billing_currency, c.pricing_currency, c.pc_to_bc_rate,
-             c.f, {split('c.q')} AS q, {split('c.cost')} AS cost, {split('c.list')} AS list,
-             w.rule_id AS tag_rule_id, p.target_unit_id AS unit_id
-      FROM int_charges c
+      CREATE OR REPLACE TABLE key_parts_a AS
+      SELECT k.*, w.rule_id AS tag_rule_id, coalesce(p.part_no, 1) AS part_no, p.rule_id IS NULL AS whole,
+             coalesce(p.is_last, true) AS is_last, p.share, {', '.join(f'p.{o}' for o in others) + ',' if others else ''}
+             coalesce(p.target_customer_id, k.customer_id) AS pay_customer, p.target_unit_id AS unit_id,
+             {fx_need} AS fx_need
+      FROM charge_keys k
       LEFT JOIN alloc_win w
-        ON w.k_customer IS NOT DISTINCT FROM lower(c.customer_id) AND w.k_sub IS NOT DISTINCT FROM lower(c.subscription_id)
-       AND w.resource_group IS NOT DISTINCT FROM c.resource_group AND w.tags IS NOT DISTINCT FROM c.tags
+        ON w.k_customer IS NOT DISTINCT FROM lower(k.customer_id) AND w.k_sub IS NOT DISTINCT FROM lower(k.subscription_id)
+       AND w.resource_group IS NOT DISTINCT FROM k.resource_group AND w.tags IS NOT DISTINCT FROM k.tags
       LEFT JOIN tag_parts_x p ON p.rule_id = w.rule_id
     """)
 
-    # ---- §5 Rate: the most specific valid rule on the distinct keys, credits at cost, FX ---------------------
-    fx_need = p_end if fx_date_policy == "period_end" else "a.charge_date"
-    con.execute(f"""
-      CREATE OR REPLACE VIEW alloc_cust AS
+    # ---- §5 Rate: the paying customer's card, most specific valid rule, credits at cost, FX ------------------
+    con.execute("""
+      CREATE OR REPLACE TABLE key_parts_b AS
       SELECT a.*, cu.customer_id IS NOT NULL AS known, cu.ic, cu.template, cu.fx_policy, cu.fixed_fx_rate,
-             coalesce(lower(trim(a.customer_id)), '') AS k_customer,
+             coalesce(a.is_credit, false) AS credit,
+             coalesce(lower(trim(a.pay_customer)), '') AS k_customer,
              coalesce(cu.template, '') AS k_template,
              coalesce(lower(a.product_family), '') AS k_family,
              CASE WHEN a.source_kind = 'invoice_line' THEN '' ELSE coalesce(lower(trim(a.meter_category)), '') END AS k_mcat,
              CASE WHEN a.source_kind = 'invoice_line' THEN '' ELSE coalesce(lower(trim(a.meter_subcategory)), '') END AS k_msub,
              coalesce(lower(trim(a.product_id)), '') AS k_product,
-             coalesce(lower(trim(a.product_id)), '') || ':' || coalesce(lower(trim(a.sku_id)), '') AS k_prodsku,
-             {fx_need} AS fx_need
-      FROM int_charges_allocated a LEFT JOIN customers cu ON cu.c_key = lower(trim(a.customer_id))
-    """)
-    con.execute("""
-      CREATE OR REPLACE TABLE rate_keys AS
-      SELECT DISTINCT k_customer, k_template, k_family, k_mcat, k_msub, k_product, k_prodsku, charge_date
-      FROM alloc_cust WHERE known AND NOT coalesce(is_credit, false)
+             coalesce(lower(trim(a.product_id)), '') || ':' || coalesce(lower(trim(a.sku_id)), '') AS k_prodsku
+      FROM key_parts_a a LEFT JOIN customers cu ON cu.c_key = lower(trim(a.pay_customer))
     """)
     con.execute("""
       CREATE OR REPLACE TABLE rate_resolved AS
-      WITH m AS (
+      WITH keys AS (SELECT DISTINCT k_customer, k_template, k_family, k_mcat, k_msub, k_product, k_prodsku, charge_date
+                    FROM key_parts_b WHERE known AND NOT credit),
+      m AS (
         SELECT k.*, r.rule_id, r.line_no, r.method, r.value, r.r_ccy, r.score
-        FROM rate_keys k JOIN rate_rules r
+        FROM keys k JOIN rate_rules r
           ON (r.r_customer = '' OR r.r_customer = k.k_customer)
          AND (r.r_template = '' OR r.r_template = k.k_template)
          AND (r.r_family = '' OR r.r_family = k.k_family)
@@ -579,20 +583,16 @@ def main() -> int:
              arg_min(value, line_no) AS value, arg_min(r_ccy, line_no) AS r_ccy
       FROM top WHERE score = top_score GROUP BY ALL
     """)
-    ties = con.execute("SELECT count(*) FROM rate_resolved WHERE n_top > 1").fetchone()[0]
-    # market FX needs: (from, to, date) → the latest direct rate on or before the date, else the reverse inverted
+    # market FX: the latest direct rate on or before the date, else the reverse pair's inverted
     con.execute(f"""
       CREATE OR REPLACE TABLE fx_needs AS
-      SELECT DISTINCT billing_currency AS from_ccy, ic AS to_ccy, fx_need AS need FROM alloc_cust
+      SELECT DISTINCT billing_currency AS from_ccy, ic AS to_ccy, fx_need AS need FROM key_parts_b
       WHERE known AND ic <> billing_currency
-      UNION SELECT DISTINCT r.r_ccy, c.ic, {p_end} FROM rate_rules r CROSS JOIN (SELECT DISTINCT ic FROM customers) c
-      WHERE r.r_ccy IS NOT NULL AND r.r_ccy <> c.ic
+      UNION SELECT DISTINCT r.r_ccy, b.ic, b.fx_need FROM rate_resolved r
+        JOIN key_parts_b b USING (k_customer, k_template, k_family, k_mcat, k_msub, k_product, k_prodsku, charge_date)
+      WHERE r.r_ccy IS NOT NULL AND r.r_ccy <> b.ic
     """)
-    if fx_date_policy == "charge_date":
-        con.execute(f"""INSERT INTO fx_needs SELECT DISTINCT r.r_ccy, c.ic, d.charge_date FROM rate_rules r
-                        CROSS JOIN (SELECT DISTINCT ic FROM customers) c CROSS JOIN (SELECT DISTINCT charge_date FROM rate_keys) d
-                        WHERE r.r_ccy IS NOT NULL AND r.r_ccy <> c.ic""")
-    con.execute("""
+    con.execute(f"""
       CREATE OR REPLACE TABLE market AS
       WITH direct AS (
         SELECT n.from_ccy, n.to_ccy, n.need, arg_max(x.rate, x.date) AS rate
@@ -601,95 +601,101 @@ def main() -> int:
       reverse AS (
         SELECT n.from_ccy, n.to_ccy, n.need, arg_max(x.rate, x.date) AS rate
         FROM fx_needs n JOIN fx_rates x ON x.from_ccy = n.to_ccy AND x.to_ccy = n.from_ccy AND x.date <= n.need
-        GROUP BY ALL)
-      SELECT n.from_ccy, n.to_ccy, n.need,
-             CASE WHEN d.rate IS NOT NULL THEN d.rate ELSE ddiv(CAST(1 AS DECIMAL(38,18)), v.rate) END AS rate
-      FROM fx_needs n LEFT JOIN direct d USING (from_ccy, to_ccy, need) LEFT JOIN reverse v USING (from_ccy, to_ccy, need)
+        GROUP BY ALL),
+      inv AS (SELECT *, ddiv(CAST(1 AS {DEC}), rate) AS inv_rate FROM reverse)
+      SELECT n.from_ccy, n.to_ccy, n.need, coalesce(d.rate, v.inv_rate) AS rate
+      FROM fx_needs n LEFT JOIN direct d USING (from_ccy, to_ccy, need) LEFT JOIN inv v USING (from_ccy, to_ccy, need)
     """)
-    # Microsoft's rate inverted, once per distinct PCToBC rate
+    con.execute(f"""
+      CREATE OR REPLACE TABLE key_parts_c AS
+      WITH r AS (
+        SELECT b.*, r.rule_id AS rate_rule_id, r.method, r.value, r.r_ccy, coalesce(r.n_top, 0) AS n_top,
+               CASE WHEN NOT b.known THEN NULL
+                    WHEN b.ic = b.billing_currency THEN 'same_currency'
+                    WHEN b.fx_policy = 'fixed' THEN 'fixed'
+                    WHEN b.fx_policy = 'market' THEN 'market'
+                    WHEN b.ic = b.pricing_currency AND b.pc_to_bc_rate IS NOT NULL AND b.pc_to_bc_rate <> 0 THEN 'microsoft'
+                    ELSE 'market_fallback' END AS fx_kind
+        FROM key_parts_b b
+        LEFT JOIN rate_resolved r USING (k_customer, k_template, k_family, k_mcat, k_msub, k_product, k_prodsku, charge_date)),
+      s AS (
+        SELECT r.*,
+               CASE r.fx_kind WHEN 'same_currency' THEN CAST(1 AS {DEC}) WHEN 'fixed' THEN r.fixed_fx_rate
+                    WHEN 'microsoft' THEN ddiv(CAST(1 AS {DEC}), r.pc_to_bc_rate)
+                    WHEN 'market' THEN lm.rate WHEN 'market_fallback' THEN lm.rate END AS fx_rate,
+               r.rate_rule_id IS NOT NULL AND r.n_top = 1 AND NOT r.credit AS has_rule,
+               CASE WHEN r.credit THEN 'line'
+                    WHEN NOT (r.rate_rule_id IS NOT NULL AND r.n_top = 1) THEN NULL
+                    WHEN r.method <> 'fixed_unit_price' THEN 'line'
+                    WHEN r.r_ccy = r.ic THEN 'same_currency'
+                    WHEN r.r_ccy = r.billing_currency THEN 'line'
+                    ELSE 'market' END AS pfx_kind
+        FROM r LEFT JOIN market lm ON lm.from_ccy = r.billing_currency AND lm.to_ccy = r.ic AND lm.need = r.fx_need
+                                   AND r.fx_kind IN ('market', 'market_fallback'))
+      SELECT s.*,
+             CASE s.pfx_kind WHEN 'same_currency' THEN CAST(1 AS {DEC}) WHEN 'line' THEN s.fx_rate
+                             WHEN 'market' THEN pm.rate END AS price_fx_rate
+      FROM s LEFT JOIN market pm ON pm.from_ccy = s.r_ccy AND pm.to_ccy = s.ic AND pm.need = s.fx_need
+                                 AND s.pfx_kind = 'market'
+    """)
+    # priced or not, and the invoice line it goes to (grouping by template, DESIGN §5 Invoice)
     con.execute("""
-      CREATE OR REPLACE TABLE ms_inverse AS
-      SELECT pc_to_bc_rate, ddiv(CAST(1 AS DECIMAL(38,18)), pc_to_bc_rate) AS inv
-      FROM (SELECT DISTINCT pc_to_bc_rate FROM int_charges WHERE pc_to_bc_rate IS NOT NULL AND pc_to_bc_rate <> 0)
-    """)
-    con.execute(f"""
-      CREATE OR REPLACE VIEW rated_a AS
-      SELECT a.*, r.rule_id AS rate_rule_id, r.method, r.value, r.r_ccy, coalesce(r.n_top, 0) AS n_top,
-             coalesce(a.is_credit, false) AS credit,
-             CASE WHEN NOT a.known THEN NULL
-                  WHEN a.ic = a.billing_currency THEN 'same_currency'
-                  WHEN a.fx_policy = 'fixed' THEN 'fixed'
-                  WHEN a.fx_policy = 'market' THEN 'market'
-                  WHEN a.ic = a.pricing_currency AND a.pc_to_bc_rate IS NOT NULL AND a.pc_to_bc_rate <> 0 THEN 'microsoft'
-                  ELSE 'market_fallback' END AS fx_kind
-      FROM alloc_cust a
-      LEFT JOIN rate_resolved r USING (k_customer, k_template, k_family, k_mcat, k_msub, k_product, k_prodsku, charge_date)
-    """)
-    con.execute(f"""
-      CREATE OR REPLACE VIEW rated_b AS
-      SELECT a.*,
-             CASE a.fx_kind WHEN 'same_currency' THEN CAST(1 AS {DEC}) WHEN 'fixed' THEN a.fixed_fx_rate
-                  WHEN 'microsoft' THEN mi.inv WHEN 'market' THEN lm.rate WHEN 'market_fallback' THEN lm.rate END AS fx_rate,
-             a.rate_rule_id IS NOT NULL AND a.n_top = 1 AND NOT a.credit AS has_rule,
-             CASE WHEN a.credit THEN a.cost
-                  WHEN NOT (a.rate_rule_id IS NOT NULL AND a.n_top = 1) THEN NULL
-                  WHEN a.method = 'markup_on_cost' THEN dmul(a.cost, CAST(1 AS {DEC}) + a.value)
-                  WHEN a.method = 'margin_on_cost' THEN ddiv(a.cost, CAST(1 AS {DEC}) - a.value)
-                  WHEN a.method = 'discount_off_list' THEN dmul(a.list, CAST(1 AS {DEC}) - a.value)
-                  WHEN a.method = 'markup_on_list' THEN dmul(a.list, CAST(1 AS {DEC}) + a.value)
-                  WHEN a.method = 'fixed_unit_price' THEN dmul(dmul(a.value, a.q), a.f) END AS price_rule_ccy,
-             CASE WHEN a.credit THEN 'line'
-                  WHEN NOT (a.rate_rule_id IS NOT NULL AND a.n_top = 1) THEN NULL
-                  WHEN a.method <> 'fixed_unit_price' THEN 'line'
-                  WHEN a.r_ccy = a.ic THEN 'same_currency'
-                  WHEN a.r_ccy = a.billing_currency THEN 'line'
-                  ELSE 'market' END AS pfx_kind
-      FROM rated_a a
-      LEFT JOIN ms_inverse mi ON mi.pc_to_bc_rate = a.pc_to_bc_rate AND a.fx_kind = 'microsoft'
-      LEFT JOIN market lm ON lm.from_ccy = a.billing_currency AND lm.to_ccy = a.ic AND lm.need = a.fx_need
-                          AND a.fx_kind IN ('market', 'market_fallback')
-    """)
-    con.execute(f"""
-      CREATE OR REPLACE VIEW int_charges_rated AS
-      WITH c AS (
-        SELECT b.*,
-               CASE b.pfx_kind WHEN 'same_currency' THEN CAST(1 AS {DEC}) WHEN 'line' THEN b.fx_rate
-                               WHEN 'market' THEN pm.rate END AS price_fx_rate
-        FROM rated_b b
-        LEFT JOIN market pm ON pm.from_ccy = b.r_ccy AND pm.to_ccy = b.ic AND pm.need = {p_end if fx_date_policy == 'period_end' else 'b.charge_date'}
-                            AND b.pfx_kind = 'market')
+      CREATE OR REPLACE TABLE key_parts AS
       SELECT *,
              known AND fx_rate IS NOT NULL AND NOT (n_top > 1 AND NOT credit) AND (credit OR has_rule)
                AND price_fx_rate IS NOT NULL AS priced,
-             CASE WHEN price_fx_rate = 1 THEN price_rule_ccy ELSE dmul(price_rule_ccy, price_fx_rate) END AS price,
+             CASE WHEN template = 'enterprise' THEN
+                    'sub=' || coalesce(subscription_id, '') || '|'
+                    || CASE WHEN source_kind = 'daily_usage' THEN 'meter=' || coalesce(meter_category, '')
+                            ELSE 'sku=' || CASE WHEN coalesce(sku_id, '') = '' THEN coalesce(product_id, '')
+                                                ELSE coalesce(product_id, '') || ':' || sku_id END END
+                    || '|unit=' || coalesce(unit_id, 'Unassigned')
+                  WHEN product_family = 'license' THEN
+                    'sku=' || CASE WHEN coalesce(sku_id, '') = '' THEN coalesce(product_id, '')
+                                   ELSE coalesce(product_id, '') || ':' || sku_id END
+                  ELSE 'family=' || coalesce(product_family, '') END AS group_key
+      FROM key_parts_c
+    """)
+    ties = con.execute("SELECT coalesce(sum(n), 0) FROM key_parts WHERE n_top > 1 AND NOT credit").fetchone()[0]
+    t = step("resolve_rules_on_keys", t)
+
+    # ---- pass 2: every charge once: split, price, convert, and sum into invoice lines ------------------------
+    def split(a: str) -> str:
+        rest = " - ".join([f"c.{a}"] + [f"coalesce(dmul(c.{a}, kp.{o}), 0)" for o in others])
+        return f"CASE WHEN kp.whole THEN c.{a} WHEN kp.is_last THEN {rest} ELSE dmul(c.{a}, kp.share) END"
+
+    on = " AND ".join(f"kp.{k} IS NOT DISTINCT FROM c.{k}" for k in KEY)
+    con.execute(f"""
+      CREATE OR REPLACE TABLE charge_lines AS
+      WITH parts AS (
+        SELECT kp.pay_customer AS customer_id, kp.ic AS currency, kp.product_family, kp.group_key, kp.priced,
+               kp.credit, kp.method, kp.value, kp.price_fx_rate, kp.source_kind, c.f,
+               {split('q')} AS q, {split('cost')} AS cost, {split('list')} AS list
+        FROM int_charges c JOIN key_parts kp ON {on}),
+      priced AS (
+        SELECT *,
+               CASE WHEN NOT priced THEN NULL
+                    WHEN credit THEN cost
+                    WHEN method = 'markup_on_cost' THEN dmul(cost, CAST(1 AS {DEC}) + value)
+                    WHEN method = 'margin_on_cost' THEN ddiv(cost, CAST(1 AS {DEC}) - value)
+                    WHEN method = 'discount_off_list' THEN dmul(list, CAST(1 AS {DEC}) - value)
+                    WHEN method = 'markup_on_list' THEN dmul(list, CAST(1 AS {DEC}) + value)
+                    WHEN method = 'fixed_unit_price' THEN dmul(value, q) END AS p0
+        FROM parts),
+      fixed AS (SELECT * EXCLUDE (p0), CASE WHEN method = 'fixed_unit_price' AND NOT credit THEN dmul(p0, f) ELSE p0 END AS price_rule_ccy FROM priced)
+      SELECT customer_id, currency,
              CASE WHEN credit THEN 'credit' WHEN f < 0 THEN 'refund'
                   WHEN source_kind = 'daily_usage' OR product_family = 'azure_usage' THEN 'usage'
-                  WHEN product_family = 'license' THEN 'license' ELSE 'one_time' END AS line_type
-      FROM c
+                  WHEN product_family = 'license' THEN 'license' ELSE 'one_time' END AS line_type,
+             group_key, product_family, priced,
+             sum(CASE WHEN price_fx_rate = 1 THEN price_rule_ccy ELSE dmul(price_rule_ccy, price_fx_rate) END) AS amount_unrounded,
+             count(*) AS parts
+      FROM fixed GROUP BY ALL
     """)
-
-    # ---- §5 Invoice: group by template and line_type, round each line once -----------------------------------
-    con.execute("""
-      CREATE OR REPLACE TABLE charge_lines AS
-      WITH k AS (
-        SELECT customer_id, ic AS currency, line_type, product_family, price,
-               CASE WHEN template = 'enterprise' THEN
-                      'sub=' || coalesce(subscription_id, '') || '|'
-                      || CASE WHEN source_kind = 'daily_usage' THEN 'meter=' || coalesce(meter_category, '')
-                              ELSE 'sku=' || CASE WHEN coalesce(sku_id, '') = '' THEN coalesce(product_id, '')
-                                                  ELSE coalesce(product_id, '') || ':' || sku_id END END
-                      || '|unit=' || coalesce(unit_id, 'Unassigned')
-                    WHEN product_family = 'license' THEN
-                      'sku=' || CASE WHEN coalesce(sku_id, '') = '' THEN coalesce(product_id, '')
-                                     ELSE coalesce(product_id, '') || ':' || sku_id END
-                    ELSE 'family=' || coalesce(product_family, '') END AS group_key
-        FROM int_charges_rated WHERE priced)
-      SELECT customer_id, currency, line_type, group_key, product_family, sum(price) AS amount_unrounded, count(*) AS parts
-      FROM k GROUP BY ALL
-    """)
-    t = step("charges_allocate_rate_lines", t)
-    unpriced = con.execute("SELECT count(*) FROM int_charges_rated WHERE NOT priced").fetchone()[0]
-    counts = con.execute("""SELECT (SELECT count(*) FROM int_charges), sum(parts) FROM charge_lines""").fetchone()
+    t = step("pass2_split_price_lines", t)
+    unpriced = con.execute("SELECT coalesce(sum(parts), 0) FROM charge_lines WHERE NOT priced").fetchone()[0]
+    counts = con.execute("""SELECT (SELECT sum(n) FROM charge_keys),
+                                   (SELECT sum(parts) FROM charge_lines WHERE priced)""").fetchone()
 
     period_s = f"{y:04d}-{m:02d}"
     con.execute(f"""
@@ -716,7 +722,7 @@ def main() -> int:
       CREATE OR REPLACE TABLE all_lines AS
       -- charge lines of known customers (customers.csv spelling, exact)
       SELECT l.customer_id, l.currency, l.line_type, l.group_key, l.amount_unrounded
-      FROM charge_lines l WHERE l.customer_id IN (SELECT customer_id FROM customers)
+      FROM charge_lines l WHERE l.priced AND l.customer_id IN (SELECT customer_id FROM customers)
       UNION ALL
       -- PSA service lines: billable entries of the period, hours × rate, converted by market on the work date
       SELECT customer_id, ic, 'service', 'project=' || project_code,
