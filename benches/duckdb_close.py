@@ -64,7 +64,7 @@ CREATE OR REPLACE MACRO _dmul_r(x, y) AS
   + CASE WHEN abs(y - round_even(y, 18)) = CAST('0.0000000000000000005' AS DECIMAL(38,36))
               AND _odd18(x + round_even(y, 18))
          THEN CAST(2 * (y - round_even(y, 18)) AS {DEC}) ELSE CAST(0 AS {DEC}) END;
-CREATE OR REPLACE MACRO dmul(a, b) AS CAST(_dmul_r(
+CREATE OR REPLACE MACRO _dmul(a, b) AS CAST(_dmul_r(
       trunc(a) * trunc(b)
     + trunc(a) * CAST(b - trunc(b) AS DECIMAL(19,18))
     + CAST(a - trunc(a) AS DECIMAL(19,18)) * trunc(b),
@@ -86,8 +86,15 @@ CREATE OR REPLACE MACRO _div_q(A, B) AS (
            OR (2 * (((((A % B) * 1000000000) % B) * 1000000000) % B) = B
                AND ((((((A % B) * 1000000000) % B) * 1000000000) // B) % 2) = 1)
          THEN 1 ELSE 0 END);
-CREATE OR REPLACE MACRO ddiv(a, b) AS CASE WHEN b IS NULL OR b = 0 THEN NULL ELSE
+CREATE OR REPLACE MACRO _ddiv(a, b) AS CASE WHEN b IS NULL OR b = 0 THEN NULL ELSE
   fx_out(CAST(sign(a) * sign(b) AS HUGEINT) * _div_q(abs(fx_in(a)), abs(fx_in(b)))) END;
+-- DuckDB macros substitute their arguments as expressions, and the planner inlines the expressions of nested
+-- selects: a product of products would repeat its operands exponentially. Binding each operand once to a lambda
+-- parameter keeps every product the size of one.
+CREATE OR REPLACE MACRO dmul(a, b) AS
+  list_transform([struct_pack(a := CAST(a AS {DEC}), b := CAST(b AS {DEC}))], lambda s: _dmul(s.a, s.b))[1];
+CREATE OR REPLACE MACRO ddiv(a, b) AS
+  list_transform([struct_pack(a := CAST(a AS {DEC}), b := CAST(b AS {DEC}))], lambda s: _ddiv(s.a, s.b))[1];
 -- the sign DESIGN uses for line factors: -1 below 0, else 1
 CREATE OR REPLACE MACRO sgn1(x) AS CASE WHEN x < 0 THEN CAST(-1 AS {DEC}) ELSE CAST(1 AS {DEC}) END;
 -- an invoice line rounded once to the minor unit (0 to 4 places), by the rounding mode
@@ -482,6 +489,15 @@ def main() -> int:
     KEY = ["source_kind", "customer_id", "subscription_id", "resource_group", "tags", "product_family",
            "product_id", "sku_id", "meter_category", "meter_subcategory", "is_credit", "charge_date",
            "billing_currency", "pricing_currency", "pc_to_bc_rate"]
+    # equi-join on the key with NULLs made comparable (a hash join; IS NOT DISTINCT FROM on 15 columns is not)
+    def nn(e: str, k: str) -> str:
+        if k == "charge_date":
+            return f"coalesce({e}, DATE '0001-01-01')"
+        if k == "pc_to_bc_rate":
+            return f"coalesce({e}, CAST(-1 AS {DEC}))"
+        if k == "is_credit":
+            return f"coalesce(CAST({e} AS INTEGER), -1)"
+        return f"coalesce({e}, chr(0))"
     con.execute(f"CREATE OR REPLACE TABLE charge_keys AS SELECT {', '.join(KEY)}, count(*) AS n FROM int_charges GROUP BY ALL")
     t = step("pass1_distinct_keys", t)
 
@@ -656,6 +672,7 @@ def main() -> int:
                   ELSE 'family=' || coalesce(product_family, '') END AS group_key
       FROM key_parts_c
     """)
+    con.execute("CREATE OR REPLACE TABLE key_parts_j AS SELECT *, " + ", ".join(f"{nn(k, k)} AS jk_{k}" for k in KEY) + " FROM key_parts")
     ties = con.execute("SELECT coalesce(sum(n), 0) FROM key_parts WHERE n_top > 1 AND NOT credit").fetchone()[0]
     t = step("resolve_rules_on_keys", t)
 
@@ -664,14 +681,15 @@ def main() -> int:
         rest = " - ".join([f"c.{a}"] + [f"coalesce(dmul(c.{a}, kp.{o}), 0)" for o in others])
         return f"CASE WHEN kp.whole THEN c.{a} WHEN kp.is_last THEN {rest} ELSE dmul(c.{a}, kp.share) END"
 
-    on = " AND ".join(f"kp.{k} IS NOT DISTINCT FROM c.{k}" for k in KEY)
+
+    on = " AND ".join(f"kp.jk_{k} = {nn('c.' + k, k)}" for k in KEY)
     con.execute(f"""
       CREATE OR REPLACE TABLE charge_lines AS
       WITH parts AS (
         SELECT kp.pay_customer AS customer_id, kp.ic AS currency, kp.product_family, kp.group_key, kp.priced,
                kp.credit, kp.method, kp.value, kp.price_fx_rate, kp.source_kind, c.f,
                {split('q')} AS q, {split('cost')} AS cost, {split('list')} AS list
-        FROM int_charges c JOIN key_parts kp ON {on}),
+        FROM int_charges c JOIN key_parts_j kp ON {on}),
       priced AS (
         SELECT *,
                CASE WHEN NOT priced THEN NULL
