@@ -77,24 +77,26 @@ CREATE OR REPLACE MACRO fx_out(q) AS CAST(
       CAST(q // CAST(1000000000000000000 AS HUGEINT) AS DECIMAL(38,0))
     + CAST(q % CAST(1000000000000000000 AS HUGEINT) AS DECIMAL(38,0)) * CAST('0.000000000000000001' AS DECIMAL(19,18))
   AS {DEC});
--- exact quotient, rounded half-even to 18 places (NULL when b is 0 or NULL): long division in two steps of 10^9
-CREATE OR REPLACE MACRO _div_q(A, B) AS (
-  (A // B) * CAST(1000000000000000000 AS HUGEINT)
-  + (((A % B) * 1000000000) // B) * 1000000000
-  + ((((A % B) * 1000000000) % B) * 1000000000) // B
-  + CASE WHEN 2 * (((((A % B) * 1000000000) % B) * 1000000000) % B) > B
-           OR (2 * (((((A % B) * 1000000000) % B) * 1000000000) % B) = B
-               AND ((((((A % B) * 1000000000) % B) * 1000000000) // B) % 2) = 1)
-         THEN 1 ELSE 0 END);
-CREATE OR REPLACE MACRO _ddiv(a, b) AS CASE WHEN b IS NULL OR b = 0 THEN NULL ELSE
-  fx_out(CAST(sign(a) * sign(b) AS HUGEINT) * _div_q(abs(fx_in(a)), abs(fx_in(b)))) END;
--- DuckDB macros substitute their arguments as expressions, and the planner inlines the expressions of nested
--- selects: a product of products would repeat its operands exponentially. Binding each operand once to a lambda
--- parameter keeps every product the size of one.
-CREATE OR REPLACE MACRO dmul(a, b) AS
+-- exact quotient, rounded half-even to 18 places (NULL when b is 0 or NULL): long division of the HUGEINT counts
+-- A / B in two steps of 10^9; each lambda binds its intermediate values once (a macro repeats its arguments)
+CREATE OR REPLACE MACRO _div_q(A, B) AS list_transform(
+  [struct_pack(q0 := A // B, t1 := (A % B) * 1000000000, B := B)],
+  lambda x: list_transform(
+    [struct_pack(q0 := x.q0, q1 := x.t1 // x.B, t2 := (x.t1 % x.B) * 1000000000, B := x.B)],
+    lambda y: list_transform(
+      [struct_pack(q := y.q0 * CAST(1000000000000000000 AS HUGEINT) + y.q1 * 1000000000 + y.t2 // y.B,
+                   r2 := y.t2 % y.B, B := y.B)],
+      lambda z: z.q + CASE WHEN 2 * z.r2 > z.B OR (2 * z.r2 = z.B AND z.q % 2 = 1) THEN 1 ELSE 0 END)[1])[1])[1];
+CREATE OR REPLACE MACRO ddiv(a, b) AS list_transform([struct_pack(a := CAST(a AS {DEC}), b := CAST(b AS {DEC}))],
+  lambda s: CASE WHEN s.b IS NULL OR s.b = 0 THEN NULL ELSE
+    fx_out(CAST(sign(s.a) * sign(s.b) AS HUGEINT) * _div_q(abs(fx_in(s.a)), abs(fx_in(s.b)))) END)[1];
+-- DuckDB substitutes macro arguments as expressions, and it inlines the projections above a join into each
+-- other: a product of products would then repeat its operands exponentially. So `dmul` is called on columns, and
+-- the pass over the charges puts an `OFFSET 0` (a streaming no-op the planner does not merge across) after its
+-- join. `dmul_b` binds its operands once through a one-element lambda, for nested uses.
+CREATE OR REPLACE MACRO dmul(a, b) AS _dmul(a, b);
+CREATE OR REPLACE MACRO dmul_b(a, b) AS
   list_transform([struct_pack(a := CAST(a AS {DEC}), b := CAST(b AS {DEC}))], lambda s: _dmul(s.a, s.b))[1];
-CREATE OR REPLACE MACRO ddiv(a, b) AS
-  list_transform([struct_pack(a := CAST(a AS {DEC}), b := CAST(b AS {DEC}))], lambda s: _ddiv(s.a, s.b))[1];
 -- the sign DESIGN uses for line factors: -1 below 0, else 1
 CREATE OR REPLACE MACRO sgn1(x) AS CASE WHEN x < 0 THEN CAST(-1 AS {DEC}) ELSE CAST(1 AS {DEC}) END;
 -- an invoice line rounded once to the minor unit (0 to 4 places), by the rounding mode
@@ -678,18 +680,19 @@ def main() -> int:
 
     # ---- pass 2: every charge once: split, price, convert, and sum into invoice lines ------------------------
     def split(a: str) -> str:
-        rest = " - ".join([f"c.{a}"] + [f"coalesce(dmul(c.{a}, kp.{o}), 0)" for o in others])
-        return f"CASE WHEN kp.whole THEN c.{a} WHEN kp.is_last THEN {rest} ELSE dmul(c.{a}, kp.share) END"
+        rest = " - ".join([f"j.c_{a}"] + [f"coalesce(dmul(j.c_{a}, j.{o}), 0)" for o in others])
+        return f"CASE WHEN j.whole THEN j.c_{a} WHEN j.is_last THEN {rest} ELSE dmul(j.c_{a}, j.share) END"
 
 
     on = " AND ".join(f"kp.jk_{k} = {nn('c.' + k, k)}" for k in KEY)
     con.execute(f"""
       CREATE OR REPLACE TABLE charge_lines AS
       WITH parts AS (
-        SELECT kp.pay_customer AS customer_id, kp.ic AS currency, kp.product_family, kp.group_key, kp.priced,
-               kp.credit, kp.method, kp.value, kp.price_fx_rate, kp.source_kind, c.f,
+        SELECT j.pay_customer AS customer_id, j.ic AS currency, j.product_family, j.group_key, j.priced,
+               j.credit, j.method, j.value, j.price_fx_rate, j.source_kind, j.f,
                {split('q')} AS q, {split('cost')} AS cost, {split('list')} AS list
-        FROM int_charges c JOIN key_parts_j kp ON {on}),
+        FROM (SELECT c.f, c.q AS c_q, c.cost AS c_cost, c.list AS c_list, kp.*
+              FROM int_charges c JOIN key_parts_j kp ON {on} OFFSET 0) AS j),
       priced AS (
         SELECT *,
                CASE WHEN NOT priced THEN NULL
