@@ -790,7 +790,9 @@ def main() -> int:
     t = step("invoice", t)
     n_inv, total = con.execute("SELECT count(*), sum(subtotal) FROM invoices").fetchone()
     summary = {
-        "invoices": n_inv, "charges": counts[0], "priced_parts": int(counts[1] or 0), "unpriced_parts": unpriced,
+        "invoices": n_inv, "charges": counts[0],
+        "distinct_keys": con.execute("SELECT count(*) FROM charge_keys").fetchone()[0],
+        "key_parts": con.execute("SELECT count(*) FROM key_parts").fetchone()[0], "priced_parts": int(counts[1] or 0), "unpriced_parts": unpriced,
         "rate_rule_ties": ties, "azure_usage_source": source, "metered_non_azure_invoice_lines": n_meter_other,
         "usage_files": sum(len(v) for v in usage_files.values()), "recon_files": sum(len(v) for v in recon_files.values()),
         "timings_s": timings, "total_s": round(time.perf_counter() - t_all, 3),
