@@ -191,8 +191,9 @@ def table(size: int, ws_info: dict, results: list[dict], stages: list, cmp: dict
     verdict = ("**valid**: DuckDB's and cspbill's invoice subtotals agree to the cent "
                f"({cmp.get('invoices_compared')} invoices)") if cmp.get("valid") else \
         f"**INVALID COMPARISON**: {cmp.get('reason')}"
-    lines.append(f"### {size:,} usage rows\n")
-    lines.append(f"Workspace: {ws_info['csv_mb']:,.0f} MB of usage CSV in {ws_info['files']} file(s), "
+    lines.append(f"### {size:,} usage rows requested\n")
+    lines.append(f"Workspace: {ws_info.get('usage_rows', 0):,} daily-usage rows generated, "
+                 f"{ws_info['csv_mb']:,.0f} MB of usage CSV in {ws_info['files']} file(s), "
                  f"{ws_info['customers']} customers, {ws_info['tag_rules']} tag-rule rows of which "
                  f"{ws_info['routed']} route to another customer. Machine: {os.cpu_count()} cores, "
                  f"{ws_info['mem_gb']:.0f} GiB. {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.\n")
@@ -266,10 +267,13 @@ def main() -> int:
         if routed == 0:
             print("  WARNING: the generated tag rules route nothing to another customer", flush=True)
         # warm the page cache the same way for every step
+        rows = 0
         for f in inputs:
             with open(f, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
+                while chunk := fh.read(1 << 24):
+                    if f in usage:
+                        rows += chunk.count(b"\n")
+        ws_info["usage_rows"] = rows - len(usage)  # minus the headers (records with embedded newlines: none)
         results.append(measure("polars_parse_floor", [args.floor] + usage, logs, rss_limit))
         duck_out = os.path.join(ws, "duckdb_invoices.parquet")
         if os.path.exists(duck_out):
