@@ -188,9 +188,13 @@ def table(size: int, ws_info: dict, results: list[dict], stages: list, cmp: dict
     floor = by.get(floor_name)
     duck = by.get("duckdb_close")
     lines = []
-    verdict = ("**valid**: DuckDB's and cspbill's invoice subtotals agree to the cent "
-               f"({cmp.get('invoices_compared')} invoices)") if cmp.get("valid") else \
-        f"**INVALID COMPARISON**: {cmp.get('reason')}"
+    if cmp.get("valid"):
+        verdict = ("**valid**: DuckDB's and cspbill's invoice subtotals agree to the cent "
+                   f"({cmp.get('invoices_compared')} invoices)")
+    elif cmp.get("skipped"):
+        verdict = f"No comparison at this size: {cmp.get('reason')}"
+    else:
+        verdict = f"**INVALID COMPARISON**: {cmp.get('reason')}"
     lines.append(f"### {size:,} usage rows requested\n")
     lines.append(f"Workspace: {ws_info.get('usage_rows', 0):,} daily-usage rows generated, "
                  f"{ws_info['csv_mb']:,.0f} MB of usage CSV in {ws_info['files']} file(s), "
@@ -304,7 +308,7 @@ def main() -> int:
         else:
             results.append({"name": "cspbill_close", "wall_s": float("nan"), "rss_mb": float("nan"), "rc": None,
                             "note": f"not run at this size (--cspbill-max-rows {args.cspbill_max_rows})"})
-            cmp = {"valid": False, "reason": "cspbill not run at this size: nothing to compare"}
+            cmp = {"valid": False, "skipped": True, "reason": "cspbill not run at this size (--cspbill-max-rows)"}
         if run_cspbill and not cmp.get("valid"):
             invalid = True
             print(f"\n  !!!!!!!! INVALID COMPARISON at {size:,} rows: {cmp.get('reason')} !!!!!!!!\n", flush=True)
