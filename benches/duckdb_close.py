@@ -431,7 +431,7 @@ def main() -> int:
       WITH a AS (
         SELECT *, coalesce(pc_rate, CASE WHEN pricing_currency IS NULL OR pricing_currency = billing_currency
                                          THEN CAST(1 AS {DEC}) END) AS rate,
-               sgn1(eup) AS f, dmul(unit_price, quantity) AS up_q, dmul(unit_price - eup, quantity) AS pec_q
+               sgn1(eup) AS f, dmul(unit_price - eup, quantity) AS pec_q
         FROM stg_usage
         WHERE usage_date BETWEEN {p_start} AND {p_end})
       SELECT 'daily_usage' AS source_kind, customer_id, entitlement_id AS subscription_id, pc_subscription_id,
@@ -441,8 +441,8 @@ def main() -> int:
              product_id, sku_id, meter_category, meter_subcategory,
              lower(coalesce(charge_type, '')) = 'customercredit' AS is_credit,
              usage_date AS charge_date, billing_currency, pricing_currency, rate AS pc_to_bc_rate,
-             quantity AS q, f, cost,
-             dmul(up_q, rate) * f AS list,
+             quantity AS q, f, cost, unit_price,
+             CAST(NULL AS {DEC}) AS list,  -- UnitPrice × q × rate × f, computed in pass 2 where a rule needs it
              CASE WHEN pec_pct > 0 THEN dmul(pec_q, rate) ELSE CAST(0 AS {DEC}) END AS pec
       FROM a
     """)
@@ -468,7 +468,7 @@ def main() -> int:
              CAST(NULL AS VARCHAR) AS resource_group, CAST(NULL AS VARCHAR) AS tags, product_family,
              product_id, sku_id, CAST(NULL AS VARCHAR) AS meter_category, CAST(NULL AS VARCHAR) AS meter_subcategory,
              is_credit, charge_start_date AS charge_date, billing_currency, pricing_currency, rate AS pc_to_bc_rate,
-             q, f, cost, dmul(up_q_rate, f) AS list,
+             q, f, cost, unit_price, dmul(up_q_rate, f) AS list,
              CASE WHEN product_family = 'azure_usage' AND eup >= 0 AND eup < unit_price
                   THEN pec_q_rate ELSE CAST(0 AS {DEC}) END AS pec,
              -- metered consumption: Azure plan lines, and any other line with a MeterDescription (DESIGN §5)
@@ -680,19 +680,32 @@ def main() -> int:
 
     # ---- pass 2: every charge once: split, price, convert, and sum into invoice lines ------------------------
     def split(a: str) -> str:
-        rest = " - ".join([f"j.c_{a}"] + [f"coalesce(dmul(j.c_{a}, j.{o}), 0)" for o in others])
-        return f"CASE WHEN j.whole THEN j.c_{a} WHEN j.is_last THEN {rest} ELSE dmul(j.c_{a}, j.share) END"
-
+        rest = " - ".join([a] + [f"coalesce(dmul({a}, {o}), 0)" for o in others])
+        return f"CASE WHEN whole THEN {a} WHEN is_last THEN {rest} ELSE dmul({a}, share) END"
 
     on = " AND ".join(f"kp.jk_{k} = {nn('c.' + k, k)}" for k in KEY)
     con.execute(f"""
       CREATE OR REPLACE TABLE charge_lines AS
-      WITH parts AS (
-        SELECT j.pay_customer AS customer_id, j.ic AS currency, j.product_family, j.group_key, j.priced,
-               j.credit, j.method, j.value, j.price_fx_rate, j.source_kind, j.f,
-               {split('q')} AS q, {split('cost')} AS cost, {split('list')} AS list
-        FROM (SELECT c.f, c.q AS c_q, c.cost AS c_cost, c.list AS c_list, kp.*
-              FROM int_charges c JOIN key_parts_j kp ON {on} OFFSET 0) AS j),
+      WITH j AS (
+        SELECT c.f, c.q AS c_q, c.cost AS c_cost, c.list AS c_list, c.unit_price AS c_up, c.pc_to_bc_rate AS c_rate, kp.*,
+               kp.priced AND NOT kp.credit AND kp.method IN ('discount_off_list', 'markup_on_list') AS need_list,
+               kp.priced AND (kp.credit OR kp.method IN ('markup_on_cost', 'margin_on_cost')) AS need_cost,
+               kp.priced AND NOT kp.credit AND kp.method = 'fixed_unit_price' AS need_q
+        FROM int_charges c JOIN key_parts_j kp ON {on} OFFSET 0),
+      -- list = UnitPrice × q × rate × f, each product rounded, only where a list-based rule needs it
+      l1 AS (SELECT *, CASE WHEN need_list AND c_list IS NULL THEN dmul(c_up, c_q) END AS up_q FROM j),
+      l2 AS (SELECT *, CASE WHEN need_list AND c_list IS NULL THEN
+                             CASE WHEN c_rate = 1 THEN up_q ELSE dmul(up_q, c_rate) END END AS up_q_rate FROM l1),
+      l3 AS (SELECT *, CASE WHEN need_list THEN coalesce(c_list, CASE WHEN f = 1 THEN up_q_rate WHEN f = -1 THEN -up_q_rate
+                                                                     ELSE dmul(up_q_rate, f) END) END AS list_w FROM l2),
+      -- the part's share of what its price needs
+      parts AS (
+        SELECT pay_customer AS customer_id, ic AS currency, product_family, group_key, priced,
+               credit, method, value, price_fx_rate, source_kind, f,
+               CASE WHEN need_q THEN {split('c_q')} END AS q,
+               CASE WHEN need_cost THEN {split('c_cost')} END AS cost,
+               CASE WHEN need_list THEN {split('list_w')} END AS list
+        FROM l3),
       priced AS (
         SELECT *,
                CASE WHEN NOT priced THEN NULL
