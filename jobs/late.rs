@@ -14,7 +14,8 @@ use schemas::{Zone, fct_invoice_lines as fl};
 use crate::config::Config;
 use crate::error::Failure;
 use crate::manifest::{Manifest, Timer};
-use crate::run::{RefFrames, Stop, compute};
+use crate::reference::RefFrames;
+use crate::stages::{Stop, compute};
 use crate::warehouse::{Commit, Warehouse};
 
 /// How many periods back a run looks for closed periods to re-state.

@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod reference;
 pub mod run;
 pub mod spool;
+pub mod stages;
 pub mod warehouse;
 
 /// SHA-256 of a byte string, lower-case hex: the checksum of every input and output in manifests.
