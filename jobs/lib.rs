@@ -15,6 +15,7 @@ pub mod late;
 pub mod manifest;
 pub mod reference;
 pub mod run;
+pub mod snapshot;
 pub mod spool;
 pub mod stages;
 pub mod warehouse;
