@@ -375,18 +375,7 @@ impl Warehouse {
 
     /// Lands an input file unchanged at `raw/SOURCE/sha256=HEX/NAME`; false when it was already there.
     pub fn land_raw(&self, source: &str, name: &str, sha256: &str, bytes: Bytes) -> Result<bool> {
-        check_segment("raw source", source)?;
-        check_segment("input file name", name)?;
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(Failure::usage(format!(
-                "`{sha256}` is not a lower-case hex SHA-256; pass the digest of `{name}`"
-            ))
-            .into());
-        }
+        let path = raw_path(source, name, sha256)?;
         let actual = sha256_hex(&bytes);
         if actual != sha256 {
             return Err(Failure::invariant(format!(
@@ -394,7 +383,6 @@ impl Warehouse {
             ))
             .into());
         }
-        let path = format!("raw/{source}/sha256={sha256}/{name}");
         self.inner.put_create(&path, bytes)
     }
 
@@ -402,19 +390,7 @@ impl Warehouse {
     /// files) and hashed on the way; false when it was already there. A file whose bytes no longer hash to
     /// `sha256` (it changed since it was read) is removed again and fails the run.
     pub fn land_raw_file(&self, source: &str, name: &str, sha256: &str, local: &std::path::Path) -> Result<bool> {
-        check_segment("raw source", source)?;
-        check_segment("input file name", name)?;
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(Failure::usage(format!(
-                "`{sha256}` is not a lower-case hex SHA-256; pass the digest of `{name}`"
-            ))
-            .into());
-        }
-        let path = format!("raw/{source}/sha256={sha256}/{name}");
+        let path = raw_path(source, name, sha256)?;
         if self.inner.exists(&path)? {
             return Ok(false);
         }
@@ -1329,6 +1305,16 @@ fn what_to_check(url: &str) -> &'static str {
 }
 
 /// `zone/TABLE/period=P/part-0.parquet`.
+/// `raw/SOURCE/sha256=HEX/NAME`, with every part checked.
+fn raw_path(source: &str, name: &str, sha256: &str) -> Result<String> {
+    check_segment("raw source", source)?;
+    check_segment("input file name", name)?;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(Failure::usage(format!("`{sha256}` is not a lower-case hex SHA-256; pass the digest of `{name}`")).into());
+    }
+    Ok(format!("raw/{source}/sha256={sha256}/{name}"))
+}
+
 fn table_path(table: &str, zone: Zone, period: Period) -> String {
     format!("{}/{table}/period={period}/{PART_FILE}", zone.dir())
 }
