@@ -606,19 +606,23 @@ fn load_csv(path: &Path, name: String, period: Period) -> Result<Loaded> {
         }
         None => LazyCsvReader::new(PlRefPath::try_from_path(path)?),
     };
+    // The header is read as row 1 and filtered out, rather than skipped by `with_skip_rows(1)`: Polars 0.55 finds
+    // where skipped rows end by re-splitting a growing buffer from the start of the file, which is quadratic in
+    // the length of a long first record (issue 21 item 4); reading from byte 0 is linear.
     let lf = reader
         .with_has_header(false)
-        .with_skip_rows(1)
+        .with_skip_rows(0)
         .with_schema(Some(Arc::new(schema)))
         .with_truncate_ragged_lines(true)
         .with_missing_is_null(true)
         .with_raise_if_empty(false)
         .with_row_index(Some(RowIndex {
             name: "line_number".into(),
-            offset: 2,
+            offset: 1,
         }))
         .finish()
-        .map_err(|e| anyhow::anyhow!("cannot read `{name}` as CSV: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot read `{name}` as CSV: {e}"))?
+        .filter(col("line_number").gt(lit(1)));
 
     let mut exprs: Vec<Expr> = map
         .columns
