@@ -128,7 +128,7 @@ def read_csv_sql(files: list[str], header: list[str]) -> str:
     cols = ", ".join(f"{sql_str(h.lstrip(chr(0xfeff)))}: 'VARCHAR'" for h in header)
     flist = "[" + ", ".join(sql_str(f) for f in files) + "]"
     return (f"read_csv({flist}, header=true, auto_detect=false, delim=',', quote='\"', escape='\"', "
-            f"columns={{{cols}}}, strict_mode=false, parallel=true)")
+            f"columns={{{cols}}}, parallel=true)")
 
 
 def col_map(header: list[str]) -> dict[str, str]:
