@@ -98,11 +98,14 @@ pub struct Timer {
     /// Peak resident memory of the process (MiB) when each lap ended: the high-water mark so far, so a rise
     /// between two laps belongs to the stage of the later one.
     pub peak_rss_mib: Vec<(String, u64)>,
+    /// Anonymous resident memory (MiB) when each lap ended: the heap, without the pages of files Polars reads
+    /// through memory maps (inputs, spool files), which count in the peak RSS but are the kernel's to drop.
+    pub rss_anon_mib: Vec<(String, u64)>,
 }
 
 impl Timer {
     pub fn new() -> Self {
-        Self { start: Instant::now(), laps: Vec::new(), peak_rss_mib: Vec::new() }
+        Self { start: Instant::now(), laps: Vec::new(), peak_rss_mib: Vec::new(), rss_anon_mib: Vec::new() }
     }
     /// Records the time since the previous lap under `stage`, and the memory high-water mark.
     pub fn lap(&mut self, stage: &str) {
@@ -113,6 +116,9 @@ impl Timer {
         if let Some(r) = rss {
             self.peak_rss_mib.push((stage.into(), r));
         }
+        if let Some(a) = status_mib("RssAnon:") {
+            self.rss_anon_mib.push((stage.into(), a));
+        }
         tracing::debug!(stage, ms = ms as u64, peak_rss_mib = rss, "stage done");
         self.start = now;
     }
@@ -120,8 +126,13 @@ impl Timer {
 
 /// The process's peak resident set size in MiB (`VmHWM` of `/proc/self/status`; None where there is none).
 pub fn peak_rss_mib() -> Option<u64> {
+    status_mib("VmHWM:")
+}
+
+/// A `kB` field of `/proc/self/status`, in MiB.
+fn status_mib(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
 }

@@ -133,6 +133,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     timer.lap("exports");
     m.timings_ms = timer.laps.clone();
     m.total("peak_rss_mib_by_stage", timer.peak_rss_mib.clone());
+    m.total("rss_anon_mib_by_stage", timer.rss_anon_mib.clone());
     m.finished_at = chrono::Utc::now().to_rfc3339();
     m.status = "committed".into();
     let close = mode == RunMode::Close && stop == Stop::All;
