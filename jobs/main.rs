@@ -3,6 +3,12 @@
 //! (0 ok, 1 invariant/commit, 2 usage/input).
 
 use clap::Parser;
+
+// jemalloc, as Polars itself ships with: it returns the memory of finished streaming batches to the system, where
+// glibc's arenas kept most of a stage's high-water mark resident (benches/README.md has the measurements).
+#[cfg(all(unix, not(target_env = "musl")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use cspbill::{cli, error};
 
 fn main() {
