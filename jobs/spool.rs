@@ -39,6 +39,12 @@ impl Spool {
             None => b.tempdir(),
         }
         .with_context(|| "creating the run's spool folder: set `[run] spool_dir` in cspbill.toml or CSPBILL_SPOOL to a writable local folder")?;
+        // A killed run cannot remove its spool: each spool names its process, and a new run removes the spools
+        // of processes that are gone on this host.
+        let _ = std::fs::write(dir.path().join("pid"), std::process::id().to_string());
+        if let Some(parent) = dir.path().parent() {
+            sweep_dead_spools(parent, dir.path());
+        }
         Ok(Arc::new(Self { dir }))
     }
 
@@ -53,6 +59,26 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Removes `cspbill-spool-*` folders in `parent` whose `pid` file names a process that no longer runs here.
+fn sweep_dead_spools(parent: &Path, own: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let is_spool = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cspbill-spool-"));
+        if !is_spool || path == own {
+            continue;
+        }
+        let pid = std::fs::read_to_string(path.join("pid")).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && Path::new("/proc/self").exists()
+        {
+            tracing::debug!(spool = %path.display(), pid, "removing the spool of a run that is gone");
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 
@@ -174,4 +200,33 @@ pub fn sink_table(lf: LazyFrame, path: &Path, table: &str, period: Period) -> Re
     };
     sink_parquet(lf, path, table)?;
     Ok(SpoolTable { path: path.to_path_buf(), period_column, period })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_spool_removes_the_spools_of_runs_that_are_gone_and_keeps_live_ones() {
+        let base = tempfile::tempdir().unwrap();
+        // A process that has finished: its pid is free (and not reused this quickly).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead = base.path().join("cspbill-spool-dead");
+        let live = base.path().join("cspbill-spool-live");
+        let other = base.path().join("not-a-spool");
+        for (d, pid) in [(&dead, dead_pid), (&live, std::process::id()), (&other, dead_pid)] {
+            std::fs::create_dir_all(d.join("typed")).unwrap();
+            std::fs::write(d.join("pid"), pid.to_string()).unwrap();
+        }
+        let s = Spool::new(Some(base.path())).unwrap();
+        assert!(!dead.exists(), "the dead run's spool is removed");
+        assert!(live.exists(), "a live run's spool is kept");
+        assert!(other.exists(), "folders that are not spools are left alone");
+        assert!(s.dir().join("pid").exists());
+        let own = s.dir().to_path_buf();
+        drop(s);
+        assert!(!own.exists(), "a spool is removed when its run ends");
+    }
 }
