@@ -441,13 +441,7 @@ impl Txn {
         zone: Zone,
         df: &mut DataFrame,
     ) -> Result<TableOutput> {
-        check_segment("table name", table)?;
-        if zone == Zone::Raw {
-            return Err(Failure::invariant(format!(
-                "table `{table}` cannot be written to `raw/`, which holds input files only: use `land_raw`"
-            ))
-            .into());
-        }
+        check_table_target(table, zone)?;
         let period = self.period;
         let period_column = df.get_column_index(PERIOD_COLUMN);
         let mut body = match period_column {
@@ -514,13 +508,7 @@ impl Txn {
         local: &std::path::Path,
         period_column: Option<usize>,
     ) -> Result<TableOutput> {
-        check_segment("table name", table)?;
-        if zone == Zone::Raw {
-            return Err(Failure::invariant(format!(
-                "table `{table}` cannot be written to `raw/`, which holds input files only: use `land_raw`"
-            ))
-            .into());
-        }
+        check_table_target(table, zone)?;
         let rows = {
             let f = std::fs::File::open(local)
                 .with_context(|| format!("opening the spooled table `{}`", local.display()))?;
@@ -1305,6 +1293,18 @@ fn what_to_check(url: &str) -> &'static str {
 }
 
 /// `zone/TABLE/period=P/part-0.parquet`.
+/// A table name that is a safe path segment, in a zone tables may be written to (`raw/` holds input files only).
+fn check_table_target(table: &str, zone: Zone) -> Result<()> {
+    check_segment("table name", table)?;
+    if zone == Zone::Raw {
+        return Err(Failure::invariant(format!(
+            "table `{table}` cannot be written to `raw/`, which holds input files only: use `land_raw`"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// `raw/SOURCE/sha256=HEX/NAME`, with every part checked.
 fn raw_path(source: &str, name: &str, sha256: &str) -> Result<String> {
     check_segment("raw source", source)?;
