@@ -156,9 +156,16 @@ pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
 /// With `customers` (`stg_customers`), the staged rows' `customer_id` is written in the spelling of
 /// `customers.csv` (matched case-insensitively; `line_id` keeps hashing the export's own text).
 pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>, customers: Option<&DataFrame>) -> Result<Snapshot> {
+    // Each file's pre-scan (record boundaries, limits, UTF-8, SHA-256) is a sequential pass over its bytes: the
+    // files are pre-scanned in parallel (file-level fan-out), and errors reported in the files' order.
+    let by_file: Vec<Result<Vec<Loaded>>> = {
+        use rayon::prelude::*;
+        let span = tracing::Span::current();
+        files.par_iter().map(|f| span.in_scope(|| load(f, period))).collect()
+    };
     let mut loaded: Vec<Loaded> = Vec::new();
-    for f in files {
-        loaded.extend(load(f, period)?);
+    for l in by_file {
+        loaded.extend(l?);
     }
     // `source_file` must tell files apart: prefix the parent folder where two names collide.
     let mut seen: HashMap<String, usize> = HashMap::new();

@@ -40,7 +40,7 @@ use object_store::{
 };
 use pipeline::Period;
 use polars::prelude::{
-    Column, DataFrame, DataType, LazyFrame, ParquetCompression, ParquetReader, ParquetWriter,
+    Column, DataFrame, DataType, LazyFrame, ParquetReader, ParquetWriter,
     SerReader,
 };
 use schemas::Zone;
@@ -463,7 +463,7 @@ impl Txn {
         let rows = body.height() as u64;
         let mut buf = Vec::new();
         ParquetWriter::new(&mut buf)
-            .with_compression(ParquetCompression::Zstd(None))
+            .with_compression(crate::spool::compression())
             .finish(&mut body)
             .with_context(|| format!("encoding table `{table}` as Parquet"))?;
         let path = table_path(table, zone, period);
