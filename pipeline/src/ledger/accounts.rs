@@ -91,8 +91,8 @@ impl GlAccounts {
     }
 
     /// The account for `role` of a line of `line_type` and `family` (`None`: no family, as on service lines), or
-    /// the message naming the row to add.
-    pub fn account(&self, role: Role, line_type: &str, family: Option<&str>) -> std::result::Result<String, String> {
+    /// the (line_type, product_family) pair a row is missing for.
+    pub fn account(&self, role: Role, line_type: &str, family: Option<&str>) -> std::result::Result<String, (String, String)> {
         let fam = family.filter(|f| !f.is_empty()).unwrap_or("*");
         let order = [(line_type, fam), (line_type, "*"), ("*", fam), ("*", "*")];
         for (t, f) in order {
@@ -108,9 +108,16 @@ impl GlAccounts {
                 return Ok(a.clone());
             }
         }
-        Err(format!(
-            "gl_accounts.csv has no `{}` for line_type `{line_type}` × product_family `{fam}`; add a row `{line_type},{fam}` with that column, or fill it on the default row `*,*`",
-            role.column()
-        ))
+        Err((line_type.to_string(), fam.to_string()))
     }
+}
+
+/// The message naming what to add to `gl_accounts.csv` for one (line_type, product_family) pair.
+pub fn missing_message(line_type: &str, family: &str, columns: &[&str]) -> String {
+    let cols = columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+    format!(
+        "gl_accounts.csv has no {cols} for line_type `{line_type}` × product_family `{family}`; add a row `{line_type},{family}` with {}, or fill {} on the default row `*,*`",
+        if columns.len() == 1 { "that column" } else { "those columns" },
+        if columns.len() == 1 { "it" } else { "them" }
+    )
 }

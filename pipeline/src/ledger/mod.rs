@@ -93,7 +93,7 @@ pub struct Ledger {
     pub journal: DataFrame,
     pub schedule: DataFrame,
     pub trial_balance: DataFrame,
-    /// Missing account mappings, one message per (role, line type, family): the job exits 2 naming them.
+    /// Missing account mappings, one message per (line type, family) naming its missing columns: the job exits 2.
     pub errors: Vec<String>,
 }
 
@@ -169,15 +169,16 @@ fn invoice_lines(df: &DataFrame) -> Result<Vec<InvLine>> {
 /// Collects missing-mapping messages once each while resolving accounts.
 struct Resolver<'a> {
     gl: &'a GlAccounts,
-    missing: BTreeSet<String>,
+    /// (line_type, family) → the missing roles, kept in the column order of `gl_accounts.csv`.
+    missing: BTreeMap<(String, String), BTreeSet<(u8, &'static str)>>,
 }
 
 impl Resolver<'_> {
     fn get(&mut self, role: Role, line_type: &str, family: Option<&str>) -> String {
         match self.gl.account(role, line_type, family) {
             Ok(a) => a,
-            Err(m) => {
-                self.missing.insert(m);
+            Err(pair) => {
+                self.missing.entry(pair).or_default().insert((role as u8, role.column()));
                 String::new()
             }
         }
@@ -189,7 +190,7 @@ pub fn ledger(inputs: LedgerInputs, ctx: &RunContext) -> Result<Ledger> {
     let period = ctx.period;
     let mode = ctx.policies.rounding;
     let gl = GlAccounts::from_frame(inputs.gl_accounts)?;
-    let mut res = Resolver { gl: &gl, missing: BTreeSet::new() };
+    let mut res = Resolver { gl: &gl, missing: BTreeMap::new() };
     let lines = invoice_lines(inputs.lines)?;
 
     // Term parts per invoice line (exact test of "longer than a month" here, on the small frame).
@@ -344,7 +345,11 @@ pub fn ledger(inputs: LedgerInputs, ctx: &RunContext) -> Result<Ledger> {
     let names = customer_names(inputs.customers)?;
     let journal_df = journal_frame(&journal, period, &names)?;
     let trial = trial_balance(&journal_df, period)?;
-    Ok(Ledger { journal: journal_df, schedule: sched.frame()?, trial_balance: trial, errors: res.missing.into_iter().collect() })
+    Ok(Ledger { journal: journal_df, schedule: sched.frame()?, trial_balance: trial, errors: res
+            .missing
+            .iter()
+            .map(|((t, f), cols)| accounts::missing_message(t, f, &cols.iter().map(|c| c.1).collect::<Vec<_>>()))
+            .collect() })
 }
 
 fn customer_names(df: &DataFrame) -> Result<HashMap<String, String>> {

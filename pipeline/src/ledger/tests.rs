@@ -455,10 +455,7 @@ fn a_missing_mapping_names_the_row_to_add() {
     .unwrap();
     assert_eq!(
         l.errors,
-        [
-            "gl_accounts.csv has no `receivable_account` for line_type `usage` × product_family `azure_usage`; add a row `usage,azure_usage` with that column, or fill it on the default row `*,*`",
-            "gl_accounts.csv has no `revenue_account` for line_type `usage` × product_family `azure_usage`; add a row `usage,azure_usage` with that column, or fill it on the default row `*,*`",
-        ]
+        ["gl_accounts.csv has no `revenue_account`, `receivable_account` for line_type `usage` × product_family `azure_usage`; add a row `usage,azure_usage` with those columns, or fill them on the default row `*,*`"]
     );
 }
 
