@@ -27,6 +27,9 @@ pub struct Config {
     /// Bounds on input reading and whether links may leave the input folder (`[limits]`, see `jobs/guard.rs`).
     #[serde(default)]
     pub limits: crate::inputs::guard::Limits,
+    /// ERP export settings of the ledger (`[ledger]`, see `jobs/ledger.rs`).
+    #[serde(default)]
+    pub ledger: crate::ledger::LedgerSettings,
     /// Parsed and checked now (a typo is exit 2); read by the anomaly monitors, which are planned.
     /// Read by the anomaly monitors (planned); parsed now so a typo is exit 2.
     #[serde(default)]
@@ -104,6 +107,10 @@ pub struct Inputs {
     pub license_activity: Option<String>,
     #[serde(default)]
     pub utilization: Option<String>,
+    /// General-ledger accounts (`gl_accounts.csv`): when set, every run builds the journal entries, revenue
+    /// schedules, trial balance and ERP exports (`crate::ledger`).
+    #[serde(default)]
+    pub gl_accounts: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

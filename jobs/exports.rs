@@ -230,7 +230,7 @@ impl Table {
 }
 
 /// An amount with exactly the currency's minor-unit places (`12.3` EUR → `12.30`, JPY `1200`).
-fn money_text(d: Decimal, currency: &str) -> String {
+pub(crate) fn money_text(d: Decimal, currency: &str) -> String {
     let dp = pipeline::currency::minor_unit(currency).unwrap_or(2);
     let mut v = d;
     v.rescale(dp.max(v.normalize().scale()));
@@ -245,7 +245,7 @@ fn plain(d: Option<Decimal>) -> String {
 /// would run as a formula (first character, after any spaces, `=`, `+`, `-`, `@`, tab or CR, or their full-width
 /// forms) gets a leading `'`, which Excel, LibreOffice and Google Sheets show as text; then quoted as any field.
 /// Numeric columns do not go through this, so a negative amount keeps its sign.
-fn csv_text(s: &str) -> String {
+pub(crate) fn csv_text(s: &str) -> String {
     const TRIGGERS: &[char] = &['=', '+', '-', '@', '\t', '\r', '\u{ff1d}', '\u{ff0b}', '\u{ff0d}', '\u{ff20}'];
     let first = s.trim_start_matches(' ').chars().next();
     let starts_formula = s.starts_with(['\t', '\r']) || first.is_some_and(|c| TRIGGERS.contains(&c));
@@ -257,7 +257,7 @@ fn csv_text(s: &str) -> String {
 }
 
 /// A CSV field, quoted when it holds a separator, quote or line break (RFC 4180).
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

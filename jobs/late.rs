@@ -122,6 +122,7 @@ fn restate(cfg: &Config, wh: &Warehouse, commit: &Commit, c: Period, target: Per
         psa_time: read(schemas::stg_psa_time::TABLE, Zone::Staged)?,
         license_activity: read(schemas::stg_license_activity::TABLE, Zone::Staged)?,
         utilization: read(schemas::stg_utilization::TABLE, Zone::Staged)?,
+        gl_accounts: read(schemas::stg_gl_accounts::TABLE, Zone::Staged)?,
     };
     let ctx = RunContext { period: c, run_id: format!("restate-{c}"), mode: RunMode::Close, policies: cfg.policies(c, None) };
     let mut m = Manifest::new(&ctx.run_id, &c.to_string(), "restate", wh.url(), String::new());
@@ -176,6 +177,7 @@ fn schema_of(table: &str) -> Schema {
         "stg_psa_time" => schemas::stg_psa_time::schema(),
         "stg_license_activity" => schemas::stg_license_activity::schema(),
         "stg_utilization" => schemas::stg_utilization::schema(),
+        "stg_gl_accounts" => schemas::stg_gl_accounts::schema(),
         _ => fl::schema(),
     }
 }

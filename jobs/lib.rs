@@ -12,6 +12,7 @@ pub mod generate;
 pub mod guard;
 pub mod inputs;
 pub mod late;
+pub mod ledger;
 pub mod manifest;
 pub mod reference;
 pub mod run;

@@ -23,11 +23,13 @@ pub struct RefFrames {
     pub psa_time: DataFrame,
     pub license_activity: DataFrame,
     pub utilization: DataFrame,
+    /// `stg_gl_accounts`: empty when `gl_accounts` is not configured (then no ledger is built).
+    pub gl_accounts: DataFrame,
 }
 
 impl RefFrames {
     /// Staged reference tables with the table name each is published under.
-    pub fn tables(&self) -> [(&'static str, &DataFrame); 9] {
+    pub fn tables(&self) -> [(&'static str, &DataFrame); 10] {
         [
             (schemas::stg_customers::TABLE, &self.customers),
             (schemas::stg_org_units::TABLE, &self.org_units),
@@ -38,6 +40,7 @@ impl RefFrames {
             (schemas::stg_psa_time::TABLE, &self.psa_time),
             (schemas::stg_license_activity::TABLE, &self.license_activity),
             (schemas::stg_utilization::TABLE, &self.utilization),
+            (schemas::stg_gl_accounts::TABLE, &self.gl_accounts),
         ]
     }
 }
@@ -88,6 +91,7 @@ pub fn load(cfg: &Config) -> Result<Reference> {
     let psa_time = one(RefTable::PsaTime, i.psa_time_entries.as_ref())?;
     let license_activity = one(RefTable::LicenseActivity, i.license_activity.as_ref())?;
     let utilization = one(RefTable::Utilization, i.utilization.as_ref())?;
+    let gl_accounts = one(RefTable::GlAccounts, i.gl_accounts.as_ref())?;
     // Customer ids once, here at the edge: every reference table in the spelling of customers.csv.
     let spell = |table: RefTable, mut df: DataFrame| -> Result<DataFrame> {
         pipeline::reference::with_customer_spelling(table, &mut df, &customers)
@@ -100,7 +104,7 @@ pub fn load(cfg: &Config) -> Result<Reference> {
     let manual_lines = spell(RefTable::ManualLines, manual_lines)?;
     let psa_time = spell(RefTable::PsaTime, psa_time)?;
     let license_activity = spell(RefTable::LicenseActivity, license_activity)?;
-    let frames = RefFrames { customers, org_units, rate_cards, tag_rules, fx_rates, manual_lines, psa_time, license_activity, utilization };
+    let frames = RefFrames { customers, org_units, rate_cards, tag_rules, fx_rates, manual_lines, psa_time, license_activity, utilization, gl_accounts };
     Ok(Reference { frames, files, warnings })
 }
 

@@ -89,7 +89,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let snapshot_dir = cfg.partner_center_location(period);
     let spool_dir = cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d));
     let spool = crate::spool::Spool::new(spool_dir.as_deref().map(Path::new))?;
-    let computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
+    let mut computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
+    let ledger = crate::ledger::build(cfg.inputs.gl_accounts.is_some(), &wh, &ctx, &refs, &mut computed, &mut m)?;
+    timer.lap("ledger");
     m.inputs = Value::Array(computed.files.iter().map(file_json).collect());
 
     // Nothing is written before every invariant holds: a failed run publishes nothing and names the numbers.
@@ -124,6 +126,15 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         let details = crate::exports::DetailByInvoice::split(detail, invoices, tmp.path())?;
         let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer)?;
         for path in written {
+            let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+            let target = format!("marts/exports/{rel}");
+            let out = txn.put_local_file(&target, &path)?;
+            m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
+        }
+    }
+    if let Some(l) = &ledger {
+        let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for ledger exports")?;
+        for path in crate::ledger::write_exports(tmp.path(), period, &l.journal, &l.trial_balance, &cfg.ledger)? {
             let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
             let target = format!("marts/exports/{rel}");
             let out = txn.put_local_file(&target, &path)?;

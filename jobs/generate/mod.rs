@@ -182,6 +182,7 @@ manual_lines = "reference/manual_lines.csv"
 psa_time_entries = "reference/psa_time_entries.csv"
 license_activity = "reference/license_activity.csv"
 utilization = "reference/utilization.csv"
+gl_accounts = "reference/gl_accounts.csv"
 
 [billing]
 rounding = "half_even"

@@ -66,6 +66,7 @@ pub fn write_reference(
         &license_activity(world, rng),
     )?;
     put("utilization.csv", UTILIZATION, &utilization(world, rng))?;
+    put("gl_accounts.csv", GL_ACCOUNTS, &gl_accounts())?;
     Ok(files)
 }
 
@@ -814,6 +815,39 @@ fn license_activity(world: &World, rng: &mut ChaCha8Rng) -> Vec<Vec<String>> {
 }
 
 const UTILIZATION: &[&str] = &["resource_uri", "date", "cpu_avg_pct"];
+
+const GL_ACCOUNTS: &[&str] = &[
+    "line_type",
+    "product_family",
+    "revenue_account",
+    "cost_account",
+    "deferred_revenue_account",
+    "receivable_account",
+    "payable_account",
+    "description",
+];
+
+/// A small chart of accounts in the style of Xero's default codes: the default row names the control accounts
+/// (receivable, deferred revenue, payable to Microsoft) and Azure consumption; the other rows split revenue and
+/// cost by what was sold, and book credits, refunds, spend-cap credits and adjustments to their own accounts.
+fn gl_accounts() -> Vec<Vec<String>> {
+    let rows: &[[&str; 8]] = &[
+        ["*", "*", "4000", "5000", "2400", "1200", "2100", "default: Azure consumption; control accounts"],
+        ["license", "*", "4100", "5100", "", "", "", "Microsoft 365 and other seat licences"],
+        ["one_time", "reservation", "4200", "5200", "", "", "", "Azure reservations"],
+        ["one_time", "savings_plan", "4200", "5200", "", "", "", "Azure savings plans"],
+        ["one_time", "marketplace", "4250", "5250", "", "", "", "Marketplace SaaS and images"],
+        ["one_time", "software", "4260", "5260", "", "", "", "Perpetual software"],
+        ["refund", "*", "4100", "5100", "", "", "", "refunds reverse the seat or purchase they refund"],
+        ["refund", "reservation", "4200", "5200", "", "", "", "reservation refunds"],
+        ["credit", "*", "4900", "5900", "", "", "", "Microsoft credits passed through at cost"],
+        ["service", "*", "4300", "", "", "", "", "managed services (PSA time)"],
+        ["manual", "*", "4400", "", "", "", "", "manual charges and goodwill credits"],
+        ["spend_cap_credit", "*", "4950", "", "", "", "", "trial spend-cap credits"],
+        ["adjustment", "*", "4500", "5500", "", "", "", "late Microsoft data for closed periods"],
+    ];
+    rows.iter().map(|r| r.iter().map(|c| c.to_string()).collect()).collect()
+}
 
 /// Daily average CPU of every VM (first copy only when scaled), from the day it exists; the planted idle VM
 /// stays below 10 % all month.

@@ -17,6 +17,7 @@ pub mod family;
 pub mod ingest;
 pub mod invariants;
 pub mod invoice;
+pub mod ledger;
 pub mod lineid;
 pub mod rate;
 pub mod reference;

@@ -27,6 +27,7 @@ pub enum RefTable {
     PsaTime,
     LicenseActivity,
     Utilization,
+    GlAccounts,
 }
 
 impl RefTable {
@@ -42,6 +43,7 @@ impl RefTable {
             RefTable::PsaTime => schemas::stg_psa_time::TABLE,
             RefTable::LicenseActivity => schemas::stg_license_activity::TABLE,
             RefTable::Utilization => schemas::stg_utilization::TABLE,
+            RefTable::GlAccounts => schemas::stg_gl_accounts::TABLE,
         }
     }
 
@@ -56,6 +58,7 @@ impl RefTable {
             RefTable::PsaTime => schemas::stg_psa_time::COLUMNS,
             RefTable::LicenseActivity => schemas::stg_license_activity::COLUMNS,
             RefTable::Utilization => schemas::stg_utilization::COLUMNS,
+            RefTable::GlAccounts => schemas::stg_gl_accounts::COLUMNS,
         }
     }
 
@@ -71,6 +74,7 @@ impl RefTable {
             RefTable::PsaTime => &["entry_id", "customer_id", "work_date", "hours", "hourly_rate", "currency", "billable"],
             RefTable::LicenseActivity => &["customer_id", "user_key", "product_id"],
             RefTable::Utilization => &["resource_uri", "date", "cpu_avg_pct"],
+            RefTable::GlAccounts => &["line_type", "product_family", "revenue_account", "cost_account"],
         }
     }
 
@@ -86,6 +90,7 @@ impl RefTable {
             RefTable::PsaTime => &["entry_id", "customer_id", "work_date", "hours", "hourly_rate", "currency", "billable"],
             RefTable::LicenseActivity => &["customer_id", "user_key", "product_id"],
             RefTable::Utilization => &["resource_uri", "date", "cpu_avg_pct"],
+            RefTable::GlAccounts => &["line_type", "product_family"],
         }
     }
 
@@ -96,6 +101,7 @@ impl RefTable {
             RefTable::OrgUnits => &["unit_type"],
             RefTable::RateCards => &["template", "product_family", "method"],
             RefTable::ManualLines => &["line_type"],
+            RefTable::GlAccounts => &["line_type", "product_family"],
             _ => &[],
         }
     }
@@ -394,6 +400,35 @@ fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Ve
                 }
             }
         }
+        RefTable::GlAccounts => {
+            let types = s(df, "line_type");
+            let families = s(df, "product_family");
+            let mut allowed_types: Vec<&str> = crate::ledger::LINE_TYPES.to_vec();
+            allowed_types.push("*");
+            one_of(&mut errors, "line_type", &types, &allowed_types, false);
+            one_of(&mut errors, "product_family", &families, &["azure_usage", "license", "reservation", "savings_plan", "marketplace", "software", "*"], false);
+            // One row per (line_type, product_family): a second, different row would make the mapping ambiguous.
+            let mut first: HashMap<(String, String), usize> = HashMap::new();
+            for i in 0..types.len() {
+                if let (Some(t), Some(f)) = (&types[i], &families[i]) {
+                    if let Some(&j) = first.get(&(t.clone(), f.clone())) {
+                        errors.push(err(i, "line_type", format!("a second row for line_type `{t}` × product_family `{f}` (first on line {}); keep one row per pair", lines[j])));
+                    } else {
+                        first.insert((t.clone(), f.clone()), i);
+                    }
+                }
+            }
+            // Account codes are identifiers: no surrounding spaces reach an ERP import.
+            for c in ["revenue_account", "cost_account", "deferred_revenue_account", "receivable_account", "payable_account"] {
+                for (i, v) in s(df, c).iter().enumerate() {
+                    if let Some(v) = v {
+                        if v.contains(['\n', '\r']) {
+                            errors.push(err(i, c, format!("account `{}` spans lines; write the account code on one line", v.replace(['\n', '\r'], " "))));
+                        }
+                    }
+                }
+            }
+        }
         RefTable::LicenseActivity | RefTable::Utilization => {}
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
@@ -418,7 +453,7 @@ pub fn customer_id_columns(table: RefTable) -> &'static [&'static str] {
             &["customer_id"]
         }
         RefTable::TagRules => &["customer_id", "target_customer_id"],
-        RefTable::Customers | RefTable::FxRates | RefTable::Utilization => &[],
+        RefTable::Customers | RefTable::FxRates | RefTable::Utilization | RefTable::GlAccounts => &[],
     }
 }
 

@@ -204,6 +204,15 @@ table!(stg_utilization, Zone::Staged, {
     resource_uri: Str, date: Date, cpu_avg_pct: Dec, line_number: Int,
 });
 
+table!(
+    /// General-ledger accounts by invoice `line_type` × `product_family` (`*` = any). Empty account cells take
+    /// the value of the next less specific row: (type, family) → (type, `*`) → (`*`, family) → (`*`, `*`).
+    stg_gl_accounts, Zone::Staged, {
+    line_type: Str, product_family: Str, revenue_account: Str, cost_account: Str,
+    deferred_revenue_account: Str, receivable_account: Str, payable_account: Str, description: Str,
+    line_number: Int,
+});
+
 // ---------------------------------------------------------------------------------------------------------------
 // Intermediate
 // ---------------------------------------------------------------------------------------------------------------
@@ -304,6 +313,35 @@ table!(
     threshold: Dec, first_seen: Date, last_seen: Date, message: Str,
 });
 
+table!(
+    /// Double-entry journal lines in the invoice currency, one entry per invoice and kind (`source`: `invoice`,
+    /// `cost`, `release`). `debit` and `credit` are rounded to the currency's minor unit and never both set.
+    /// Cost lines carry what Microsoft charged in billing currency (`source_currency`, `source_amount`) and the
+    /// rate that converted it (`fx_rate`); `corrected_period` is set on adjustment lines for late data.
+    /// `account_role`: `receivable`, `revenue`, `deferred_revenue`, `cost_of_sales` or `payable`.
+    fct_journal_entries, Zone::Marts, {
+    entry_id: Str, entry_line: Int, entry_date: Date, period: Str, account: Str, account_role: Str, debit: Dec, credit: Dec,
+    currency: Str, customer_id: Str, customer_name: Str, cost_center: Str, invoice_number: Str,
+    invoice_line: Str, line_type: Str, memo: Str, source: Str, source_currency: Str, source_amount: Dec,
+    fx_rate: Dec, corrected_period: Str,
+});
+
+table!(
+    /// Revenue earned per month for invoice lines whose charges cover a term longer than a month (straight-line
+    /// by days). One row per schedule and month from the invoice's period to the end of the term; the month of
+    /// the invoice is recognised on the invoice, later months are released by the close of that month.
+    fct_revenue_schedule, Zone::Marts, {
+    schedule_id: Str, invoice_number: Str, invoice_line: Str, customer_id: Str, currency: Str,
+    opened_period: Str, line_type: Str, revenue_account: Str, deferred_revenue_account: Str, cost_center: Str,
+    term_start: Date, term_end: Date, month: Str, days: Int, amount: Dec, line_amount: Dec,
+});
+
+table!(
+    /// Movements of the period per account and currency: Σ debit, Σ credit and debit − credit.
+    rpt_trial_balance, Zone::Marts, {
+    period: Str, account: Str, currency: Str, debit: Dec, credit: Dec, balance: Dec, lines: Int,
+});
+
 /// Every table that a run may write, by name: used by the warehouse to list a period's outputs.
 pub const ALL_TABLES: &[(&str, Zone)] = &[
     (stg_pc_daily_usage::TABLE, stg_pc_daily_usage::ZONE),
@@ -319,6 +357,7 @@ pub const ALL_TABLES: &[(&str, Zone)] = &[
     (stg_psa_time::TABLE, stg_psa_time::ZONE),
     (stg_license_activity::TABLE, stg_license_activity::ZONE),
     (stg_utilization::TABLE, stg_utilization::ZONE),
+    (stg_gl_accounts::TABLE, stg_gl_accounts::ZONE),
     (int_charges::TABLE, int_charges::ZONE),
     (int_charges_allocated::TABLE, int_charges_allocated::ZONE),
     (int_tag_compliance::TABLE, int_tag_compliance::ZONE),
@@ -327,6 +366,9 @@ pub const ALL_TABLES: &[(&str, Zone)] = &[
     (fct_invoice_lines::TABLE, fct_invoice_lines::ZONE),
     (fct_invoice_detail::TABLE, fct_invoice_detail::ZONE),
     (rpt_anomalies::TABLE, rpt_anomalies::ZONE),
+    (fct_journal_entries::TABLE, fct_journal_entries::ZONE),
+    (fct_revenue_schedule::TABLE, fct_revenue_schedule::ZONE),
+    (rpt_trial_balance::TABLE, rpt_trial_balance::ZONE),
 ];
 
 #[cfg(test)]
