@@ -89,7 +89,15 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let snapshot_dir = cfg.partner_center_location(period);
     let spool_dir = cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d));
     let spool = crate::spool::Spool::new(spool_dir.as_deref().map(Path::new))?;
-    let computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
+    let mut computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
+    // The anomaly report (`marts/rpt_anomalies`) in every full run, nightly and close.
+    let report = if stop == Stop::All {
+        let r = crate::anomalies::build(&cfg, &ctx, &refs, &mut computed, &mut m)?;
+        timer.lap("anomalies");
+        Some(r)
+    } else {
+        None
+    };
     m.inputs = Value::Array(computed.files.iter().map(file_json).collect());
 
     // Nothing is written before every invariant holds: a failed run publishes nothing and names the numbers.
@@ -131,6 +139,10 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         }
     }
     timer.lap("exports");
+    let new_anomalies = match &report {
+        Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),
+        None => None,
+    };
     m.timings_ms = timer.laps.clone();
     m.total("peak_rss_mib_by_stage", timer.peak_rss_mib.clone());
     m.total("rss_anon_mib_by_stage", timer.rss_anon_mib.clone());
@@ -147,6 +159,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         m.outputs.len(),
         commit.manifest
     );
+    if let Some(r) = &report {
+        println!("{}", crate::anomalies::summary(&r.rows, period, Some(r.window.as_of), new_anomalies));
+    }
     for w in m.warnings.iter().take(10) {
         crate::cli::report("warning", w, Value::Null);
     }
@@ -174,6 +189,7 @@ fn file_json(f: &FileStats) -> Value {
     })
 }
 
-pub fn anomalies(_p: &PeriodArgs, _fail_on: Option<Severity>) -> Result<()> {
-    Err(Failure::usage("`anomalies` is not built yet: the anomaly monitors (DESIGN §5) are planned; `cspbill run` writes invoices and the tag-compliance table").into())
+/// `cspbill anomalies` (see `crate::anomalies::command`).
+pub fn anomalies(p: &PeriodArgs, fail_on: Option<Severity>) -> Result<()> {
+    crate::anomalies::command(p, fail_on)
 }

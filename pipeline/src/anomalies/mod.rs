@@ -284,7 +284,7 @@ pub fn rpt_anomalies(inputs: &Inputs, thresholds: &ThresholdSet, period: Period)
     rows.extend(spend::budget_overrun(inputs.daily_spend, &customers, thresholds, &window)?);
     rows.extend(spend::spend_cap(inputs.daily_spend, &customers, &window)?);
     rows.extend(spend::margin_variance(inputs.daily_spend, &customers, thresholds, &window)?);
-    rows.extend(usage::unusual_deployment(inputs.resources, &customers, thresholds, &window)?);
+    rows.extend(usage::unusual_deployment(inputs.resources, inputs.subscription_days, &customers, thresholds, &window)?);
     rows.extend(usage::usage_gap(inputs.subscription_days, &customers, &window)?);
     rows.extend(usage::tag_compliance(inputs.tag_compliance, inputs.tag_rules, inputs.subscription_days, &customers, thresholds, &window)?);
     rows.extend(tenant::license_waste(inputs.seat_lines, inputs.license_activity, &customers, thresholds, &window)?);

@@ -251,7 +251,7 @@ fn unusual_deployment_compares_a_day_with_the_trailing_norm() {
     }
     let res = frame(agg::RESOURCES, &csv);
     let t = with_override(|o| o.deployment_factor = d("7"));
-    let rows = usage::unusual_deployment(&res, &cs, &t, &window("2025-06-15")).unwrap();
+    let rows = usage::unusual_deployment(&res, &frame(agg::SUBSCRIPTION_DAYS, "customer_id"), &cs, &t, &window("2025-06-15")).unwrap();
     assert_eq!(show(&rows), ["unusual_deployment | warning | c | s | 6 | 1 | 5 | 2025-06-12 | 2025-06-12"]);
     assert!(rows[0].message.starts_with("Contoso: 6 new resources in subscription s on 12 June 2025 (resource group rg-12), above 5× the trailing norm of 1.00 a day (mean 0.71 over the 7 days before"), "{}", rows[0].message);
 }
@@ -269,7 +269,7 @@ fn unusual_deployment_norm_above_one() {
             csv.push_str(&format!("c,s,r{n},2025-06-{day:02}\n"));
         }
     }
-    let rows = usage::unusual_deployment(&frame(agg::RESOURCES, &csv), &cs, &ThresholdSet::default(), &window("2025-06-10")).unwrap();
+    let rows = usage::unusual_deployment(&frame(agg::RESOURCES, &csv), &frame(agg::SUBSCRIPTION_DAYS, "customer_id"), &cs, &ThresholdSet::default(), &window("2025-06-10")).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].first_seen, Some(date("2025-06-10")));
     assert_eq!(rows[0].expected, Some(Decimal::from(22) / Decimal::from(7)));

@@ -59,7 +59,7 @@ pub fn window(subscription_days: &DataFrame, period: Period) -> Result<Window> {
 /// `deployment_factor` × the trailing norm: the mean number of new resources a day over the 7 days before,
 /// counted from the day after the subscription's first usage day (its first day is the baseline: everything is
 /// new then), and at least 1, so that one new resource after a quiet week is not a spike.
-pub fn unusual_deployment(df: &DataFrame, cs: &Customers, t: &ThresholdSet, w: &Window) -> Result<Vec<Anomaly>> {
+pub fn unusual_deployment(df: &DataFrame, subscription_days: &DataFrame, cs: &Customers, t: &ThresholdSet, w: &Window) -> Result<Vec<Anomaly>> {
     if !w.has_daily_usage {
         return Ok(vec![Anomaly::skipped(
             monitor::UNUSUAL_DEPLOYMENT,
@@ -80,6 +80,7 @@ pub fn unusual_deployment(df: &DataFrame, cs: &Customers, t: &ThresholdSet, w: &
         e.0 += 1;
         e.1.insert(groups[i].clone().unwrap_or_default());
     }
+    let names = subscriptions(subscription_days)?;
     let mut out = Vec::new();
     for ((id, sub), by_day) in &new {
         let Some(c) = cs.get(id) else { continue };
@@ -117,7 +118,7 @@ pub fn unusual_deployment(df: &DataFrame, cs: &Customers, t: &ThresholdSet, w: &
                 message: format!(
                     "{}: {n} new resources in {} on {}{}, above {}× the trailing norm of {} a day (mean {} over the {} days before, counted as at least 1)",
                     c.name,
-                    describe(sub, None),
+                    describe(sub, names.get(&(id.clone(), sub.clone())).and_then(|s| s.name.as_deref())),
                     day(d),
                     if rgs.is_empty() { String::new() } else { format!(" (resource group {})", rgs.join(", ")) },
                     factor.normalize(),
