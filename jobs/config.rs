@@ -30,11 +30,12 @@ pub struct Config {
     /// ERP export settings of the ledger (`[ledger]`, see `jobs/ledger.rs`).
     #[serde(default)]
     pub ledger: crate::ledger::LedgerSettings,
-    /// Parsed and checked now (a typo is exit 2); read by the anomaly monitors, which are planned.
-    /// Read by the anomaly monitors (planned); parsed now so a typo is exit 2.
+    /// Anomaly thresholds and per-customer overrides (`[anomalies]`, read by `crate::anomalies`).
     #[serde(default)]
-    #[allow(dead_code)]
     pub anomalies: Anomalies,
+    /// Where new anomalies are sent (`[alerts]`).
+    #[serde(default)]
+    pub alerts: Alerts,
     /// The folder the file is in: relative paths resolve against it. Not read from the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -151,9 +152,8 @@ impl Default for Billing {
     }
 }
 
-/// Anomaly thresholds (DESIGN §5 "Anomalies"), with per-customer overrides keyed by customer id. Parsed and
-/// checked now (a typo is exit 2); read by the anomaly monitors, which are planned.
-#[allow(dead_code)]
+/// Anomaly thresholds (DESIGN §5 "Anomalies"), with per-customer overrides keyed by customer id; resolved
+/// into `pipeline::anomalies::ThresholdSet` by `crate::anomalies::thresholds`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Anomalies {
@@ -164,7 +164,6 @@ pub struct Anomalies {
 }
 
 /// Every field optional: an override names only what it changes.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
@@ -178,6 +177,20 @@ pub struct Thresholds {
     pub tag_compliance_critical: Option<Decimal>,
     pub margin_warning_points: Option<Decimal>,
     pub margin_critical_points: Option<Decimal>,
+    /// Days of notice before `consent_expires_on` (default 14).
+    pub consent_expiring_days: Option<i64>,
+}
+
+/// `[alerts]`: an optional incoming webhook (Teams/Slack style) that receives the anomalies new since the
+/// period's last committed run as one JSON POST. A hook that is down never fails the billing run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    pub webhook_url: Option<String>,
+    /// Seconds per attempt (default 10).
+    pub timeout_seconds: Option<u64>,
+    /// Attempts after the first (default 2), on connection errors, timeouts, 429 and 5xx answers.
+    pub retries: Option<u32>,
 }
 
 impl Config {

@@ -3,6 +3,7 @@
 //! (`jobs/main.rs`) only parses the command line, installs logging and maps outcomes to exit codes, as ripgrep's
 //! `crates/core/main.rs` does. The pure stages live in the `pipeline` crate, the tables in `schemas`.
 
+pub mod anomalies;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -92,6 +92,14 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let mut computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
     let ledger = crate::ledger::build(cfg.inputs.gl_accounts.is_some(), &wh, &ctx, &refs, &mut computed, &mut m)?;
     timer.lap("ledger");
+    // The anomaly report (`marts/rpt_anomalies`) in every full run, nightly and close.
+    let report = if stop == Stop::All {
+        let r = crate::anomalies::build(&cfg, &ctx, &refs, &mut computed, &mut m)?;
+        timer.lap("anomalies");
+        Some(r)
+    } else {
+        None
+    };
     m.inputs = Value::Array(computed.files.iter().map(file_json).collect());
 
     // Nothing is written before every invariant holds: a failed run publishes nothing and names the numbers.
@@ -142,6 +150,10 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         }
     }
     timer.lap("exports");
+    let new_anomalies = match &report {
+        Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),
+        None => None,
+    };
     m.timings_ms = timer.laps.clone();
     m.total("peak_rss_mib_by_stage", timer.peak_rss_mib.clone());
     m.total("rss_anon_mib_by_stage", timer.rss_anon_mib.clone());
@@ -158,6 +170,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         m.outputs.len(),
         commit.manifest
     );
+    if let Some(r) = &report {
+        println!("{}", crate::anomalies::summary(&r.rows, period, Some(r.window.as_of), new_anomalies));
+    }
     for w in m.warnings.iter().take(10) {
         crate::cli::report("warning", w, Value::Null);
     }
@@ -185,6 +200,7 @@ fn file_json(f: &FileStats) -> Value {
     })
 }
 
-pub fn anomalies(_p: &PeriodArgs, _fail_on: Option<Severity>) -> Result<()> {
-    Err(Failure::usage("`anomalies` is not built yet: the anomaly monitors (DESIGN §5) are planned; `cspbill run` writes invoices and the tag-compliance table").into())
+/// `cspbill anomalies` (see `crate::anomalies::command`).
+pub fn anomalies(p: &PeriodArgs, fail_on: Option<Severity>) -> Result<()> {
+    crate::anomalies::command(p, fail_on)
 }

@@ -546,15 +546,16 @@ fn tag_rules(world: &World) -> Vec<Vec<String>> {
                 ));
             }
         }
-        // Shared network costs are split 50/30/20; the last share is blank and takes the remainder.
+        // Shared network costs (tagged `owner=platform`) are split 50/30/20; the last share is blank and takes the
+        // remainder. The rule names the tag, so this cost counts as allocated by tags (`int_tag_compliance`).
         rows.push(r(
             format!("TR-{p}-SHARED"),
             "10",
             &c.id,
             "",
             "rg-shared-*",
-            "",
-            "",
+            "owner",
+            "platform",
             "",
             u("OPS"),
             "0.5",
@@ -565,8 +566,8 @@ fn tag_rules(world: &World) -> Vec<Vec<String>> {
             &c.id,
             "",
             "rg-shared-*",
-            "",
-            "",
+            "owner",
+            "platform",
             "",
             u("SALES"),
             "0.3",
@@ -577,8 +578,8 @@ fn tag_rules(world: &World) -> Vec<Vec<String>> {
             &c.id,
             "",
             "rg-shared-*",
-            "",
-            "",
+            "owner",
+            "platform",
             "",
             u("PRJ-ERP"),
             "",

@@ -8,6 +8,7 @@
 //! int_tag_compliance) → `rate` (int_charges_rated) → `invoice` (fct_*) and `anomalies` (rpt_anomalies).
 
 pub mod allocate;
+pub mod anomalies;
 pub mod charges;
 pub mod context;
 pub mod currency;
