@@ -130,6 +130,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
+    crate::focus::publish_customer_files(&computed, &mut txn, &mut m)?;
     timer.lap("exports");
     m.timings_ms = timer.laps.clone();
     m.total("peak_rss_mib_by_stage", timer.peak_rss_mib.clone());
