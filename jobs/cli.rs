@@ -71,7 +71,7 @@ pub enum Command {
     Rate(PeriodArgs),
     /// Run up to the invoices.
     Invoice(PeriodArgs),
-    /// Write the FOCUS 1.2 cost-and-usage dataset (planned; says so).
+    /// Run up to the FOCUS 1.2 cost-and-usage dataset (`marts/focus_cost_and_usage`) and say where it is.
     Focus(PeriodArgs),
     /// Run the anomaly monitors over the period.
     Anomalies {
@@ -195,10 +195,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Allocate(p) => run_period(&p, RunMode::Nightly, Stop::Allocate),
         Command::Rate(p) => run_period(&p, RunMode::Nightly, Stop::Rate),
         Command::Invoice(p) => run_period(&p, RunMode::Nightly, Stop::Invoice),
-        Command::Focus(_) => Err(Failure::usage(
-            "`focus` is not built yet: the FOCUS 1.2 dataset is planned (DESIGN §3); `cspbill run` writes the invoices and every table before it",
-        )
-        .into()),
+        Command::Focus(p) => crate::focus::command(&p),
         Command::Anomalies { p, fail_on } => crate::run::anomalies(&p, fail_on),
         Command::Explain { p, line, invoice_line, format } => crate::explain::explain(&p, line, invoice_line, format),
         Command::Generate(g) => crate::generate::generate(&g),

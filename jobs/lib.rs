@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod explain;
 pub mod exports;
+pub mod focus;
 pub mod generate;
 pub mod guard;
 pub mod inputs;

@@ -149,6 +149,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
+    crate::focus::publish_customer_files(&computed, &mut txn, &mut m)?;
     timer.lap("exports");
     let new_anomalies = match &report {
         Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),

@@ -27,6 +27,8 @@ pub enum Stop {
     Allocate,
     Rate,
     Invoice,
+    /// Through `focus_cost_and_usage`.
+    Focus,
     All,
 }
 
@@ -339,6 +341,13 @@ pub fn compute(
     tables.push((schemas::fct_invoice_detail::TABLE, Zone::Marts, TableData::Spool(detail_path.clone())));
     m.total("invoices", inv.invoices.height());
     timer.lap("invoice");
+    if stop >= Stop::Focus {
+        pb.set_message("focus");
+        let src = crate::focus::FocusSources { rated: rated.clone(), usage: usage.clone(), invoice_lines: invoice.clone(), invoices: &inv.invoices, lines: &inv.lines };
+        let focus = crate::focus::spool_focus(ctx, src, &spool, m)?;
+        tables.push((schemas::focus_cost_and_usage::TABLE, Zone::Marts, TableData::Spool(focus)));
+        timer.lap("focus");
+    }
     pb.finish_and_clear();
     Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, detail_path)), spool })
 }

@@ -7,6 +7,9 @@
 #   scripts/test.sh                      everything
 #   scripts/test.sh --test storage_warehouse
 #   CSPBILL_TEST_SERVERS=0 scripts/test.sh   without the servers (local-folder warehouse only; not allowed with CI=true)
+#
+# It also installs the official FOCUS validator (scripts/focus-validator.sh: a Python 3.12 venv in
+# .ci/tmp/focus-venv) and exports `CSPBILL_FOCUS_VALIDATOR` for tests/e2e_focus.rs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +30,18 @@ if [[ "${CSPBILL_TEST_SERVERS:-1}" != 0 ]]; then
 elif [[ "${CI:-}" == true ]]; then
   echo "CSPBILL_TEST_SERVERS=0 is not allowed under CI=true: CI tests every store" >&2
   exit 2
+fi
+
+# The official FOCUS validator (focus-validator 2.2.1 in a Python 3.12 venv) for tests/e2e_focus.rs.
+# shellcheck source=scripts/focus-validator.sh
+source "$ROOT/scripts/focus-validator.sh"
+if FOCUS_VALIDATOR="$(setup_focus_validator)"; then
+  export CSPBILL_FOCUS_VALIDATOR="$FOCUS_VALIDATOR"
+elif [[ "${CI:-}" == true ]]; then
+  echo "could not install focus-validator 2.2.1 (needs Python 3.12): CI runs the FOCUS gate" >&2
+  exit 2
+else
+  echo "warning: focus-validator not installed; tests/e2e_focus.rs skips the official FOCUS check" >&2
 fi
 
 LOG="$TMP/cargo-test.log"

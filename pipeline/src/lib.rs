@@ -15,6 +15,7 @@ pub mod currency;
 pub mod decimal;
 pub mod error;
 pub mod family;
+pub mod focus;
 pub mod ingest;
 pub mod invariants;
 pub mod invoice;

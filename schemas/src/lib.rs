@@ -260,7 +260,9 @@ table!(
     /// `fx_source`: `same_currency`, `microsoft`, `market`, `market_fallback`, `fixed`; `fx_inverted` when the
     /// reverse pair's market rate was inverted. `price_fx_source`: `line` (the line's rate), `same_currency`
     /// (a fixed price already in IC) or `market` (a fixed price in a third currency). `rate_rule_line` is the
-    /// rule's line in rate_cards.csv; `rate_method` is `credit_pass_through` on credits.
+    /// rule's line in rate_cards.csv; `rate_method` is `credit_pass_through` on credits. `unit_price`,
+    /// `publisher_name` and `tags` pass through from the charge for the FOCUS dataset (list prices, publisher,
+    /// resource tags).
     int_charges_rated, Zone::Int, {
     part_id: Str, part_no: Int, line_id: Str, period: Str, source_kind: Str, source_file: Str, line_number: Int,
     customer_id: Str, source_customer_id: Str, customer_name: Str, template: Str, subscription_id: Str,
@@ -272,7 +274,7 @@ table!(
     unit_path: Str, rate_rule_id: Str, rate_rule_line: Int, rate_method: Str, rate_value: Dec, rate_currency: Str,
     price_rule_ccy: Dec, fx_policy: Str, fx_rate: Dec, fx_date: Date, fx_source: Str, fx_inverted: Bool,
     price_fx_rate: Dec, price_fx_date: Date, price_fx_source: Str, cost_ic: Dec, price: Dec, margin: Dec,
-    proration_policy: Str, status: Str, unpriced_reason: Str,
+    proration_policy: Str, status: Str, unpriced_reason: Str, unit_price: Dec, publisher_name: Str, tags: Str,
 });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -341,6 +343,35 @@ table!(
     rpt_trial_balance, Zone::Marts, {
     period: Str, account: Str, currency: Str, debit: Dec, credit: Dec, balance: Dec, lines: Int,
 });
+    /// The customer-facing FOCUS 1.2 Cost and Usage dataset (issue #13, `reference/focus.md`): the MSP is the
+    /// invoice issuer and provider, the customer the billing account. The 57 FOCUS 1.2 columns in the order of the
+    /// specification's column list, then the FOCUS 1.3 entity columns, then cspbill's own `x_` columns. Column
+    /// names are FOCUS's (PascalCase), not snake_case. Money is `Decimal(38, 18)` (a Parquet decimal),
+    /// timestamps UTC, `Tags` and `SkuPriceDetails` JSON text. The MSP's cost and PEC never appear. Mapping and
+    /// BilledCost allocation: `pipeline::focus`.
+    focus_cost_and_usage, Zone::Marts, {
+    AvailabilityZone: Str, BilledCost: Dec, BillingAccountId: Str, BillingAccountName: Str,
+    BillingAccountType: Str, BillingCurrency: Str, BillingPeriodEnd: Ts, BillingPeriodStart: Ts,
+    CapacityReservationId: Str, CapacityReservationStatus: Str, ChargeCategory: Str, ChargeClass: Str,
+    ChargeDescription: Str, ChargeFrequency: Str, ChargePeriodEnd: Ts, ChargePeriodStart: Ts,
+    CommitmentDiscountCategory: Str, CommitmentDiscountId: Str, CommitmentDiscountName: Str,
+    CommitmentDiscountQuantity: Dec, CommitmentDiscountStatus: Str, CommitmentDiscountType: Str,
+    CommitmentDiscountUnit: Str, ConsumedQuantity: Dec, ConsumedUnit: Str, ContractedCost: Dec,
+    ContractedUnitPrice: Dec, EffectiveCost: Dec, InvoiceId: Str, InvoiceIssuerName: Str, ListCost: Dec,
+    ListUnitPrice: Dec, PricingCategory: Str, PricingCurrency: Str, PricingCurrencyContractedUnitPrice: Dec,
+    PricingCurrencyEffectiveCost: Dec, PricingCurrencyListUnitPrice: Dec, PricingQuantity: Dec, PricingUnit: Str,
+    ProviderName: Str, PublisherName: Str, RegionId: Str, RegionName: Str, ResourceId: Str, ResourceName: Str,
+    ResourceType: Str, ServiceCategory: Str, ServiceName: Str, ServiceSubcategory: Str, SkuId: Str,
+    SkuMeter: Str, SkuPriceDetails: Str, SkuPriceId: Str, SubAccountId: Str, SubAccountName: Str,
+    SubAccountType: Str, Tags: Str,
+    HostProviderName: Str, ServiceProviderName: Str,
+    x_InvoiceLineId: Str, x_InvoiceLineType: Str, x_BilledCostRounding: Dec, x_PartId: Str, x_SourceLineId: Str,
+    x_ProductFamily: Str, x_ResourceGroupName: Str, x_OrgUnitId: Str, x_OrgUnitPath: Str,
+    x_CorrectedBillingPeriod: Str,
+});
+
+/// The number of FOCUS 1.2 Cost and Usage columns (all of them are in `focus_cost_and_usage`).
+pub const FOCUS_1_2_COLUMNS: usize = 57;
 
 /// Every table that a run may write, by name: used by the warehouse to list a period's outputs.
 pub const ALL_TABLES: &[(&str, Zone)] = &[
@@ -369,6 +400,7 @@ pub const ALL_TABLES: &[(&str, Zone)] = &[
     (fct_journal_entries::TABLE, fct_journal_entries::ZONE),
     (fct_revenue_schedule::TABLE, fct_revenue_schedule::ZONE),
     (rpt_trial_balance::TABLE, rpt_trial_balance::ZONE),
+    (focus_cost_and_usage::TABLE, focus_cost_and_usage::ZONE),
 ];
 
 #[cfg(test)]
@@ -398,5 +430,21 @@ mod tests {
     fn money_is_decimal_38_18() {
         assert_eq!(stg_pc_invoice_lines::schema().get(stg_pc_invoice_lines::subtotal), Some(&DataType::Decimal(38, 18)));
         assert_eq!(int_charges::schema().len(), int_charges::COLUMNS.len());
+    }
+
+    #[test]
+    fn focus_has_the_57_columns_of_focus_1_2_then_the_1_3_entities_then_x_columns() {
+        let names = focus_cost_and_usage::names();
+        let focus: Vec<&str> = names.iter().copied().take(FOCUS_1_2_COLUMNS).collect();
+        // FOCUS 1.2's column list is alphabetical (reference/focus.md §2): the first 57 are that list.
+        let mut sorted = focus.clone();
+        sorted.sort();
+        assert_eq!(focus, sorted);
+        assert!(focus.iter().all(|c| !c.starts_with("x_") && c.chars().next().is_some_and(|ch| ch.is_ascii_uppercase())));
+        assert_eq!(&names[FOCUS_1_2_COLUMNS..FOCUS_1_2_COLUMNS + 2], &["HostProviderName", "ServiceProviderName"]);
+        assert!(names[FOCUS_1_2_COLUMNS + 2..].iter().all(|c| c.starts_with("x_")), "x_ columns come last, not intermixed");
+        let s = focus_cost_and_usage::schema();
+        assert_eq!(s.get("BilledCost"), Some(&DataType::Decimal(38, 18)));
+        assert_eq!(s.get("ChargePeriodStart"), Some(&Ty::Ts.dtype()));
     }
 }

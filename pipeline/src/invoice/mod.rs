@@ -124,7 +124,7 @@ const LINE_TYPES: &[&str] = &[
 ];
 
 /// Line types that come from rated Microsoft charges (the spend cap applies to these).
-const CHARGE_TYPES: &[&str] = &["usage", "license", "one_time", "credit", "refund"];
+pub const CHARGE_TYPES: &[&str] = &["usage", "license", "one_time", "credit", "refund"];
 
 fn line_type_rank(t: &str) -> usize {
     LINE_TYPES
@@ -1234,8 +1234,10 @@ fn checks(
     Ok(out)
 }
 
-/// `fct_invoice_detail`: every priced rated part, joined to the invoice line its group became.
-fn detail_plan(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame {
+/// Every priced rated part (all its columns, plus `signed_q`) with the invoice line its group became, as
+/// `m_invoice_line_id` and `m_invoice_number`: a lazy join with the small lines frame, so it streams. Read by
+/// `fct_invoice_detail` and by the FOCUS dataset (`crate::focus`).
+pub fn line_parts(rated: LazyFrame, lines: &DataFrame) -> LazyFrame {
     let map = lines
         .clone()
         .lazy()
@@ -1259,6 +1261,11 @@ fn detail_plan(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame
     keyed(rated)
         .filter(col("priced"))
         .join(map, keys.clone(), keys, args)
+}
+
+/// `fct_invoice_detail`: every priced rated part, joined to the invoice line its group became.
+fn detail_plan(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame {
+    line_parts(rated, lines)
         .select([
             col("m_invoice_line_id").alias(det::invoice_line_id),
             col("m_invoice_number").alias(det::invoice_number),
