@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod reference;
 pub mod run;
 pub mod snapshot;
+pub mod split;
 pub mod spool;
 pub mod stages;
 pub mod warehouse;
