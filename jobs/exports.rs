@@ -727,7 +727,7 @@ impl DetailByInvoice {
                         if !ws.contains_key(&n) {
                             let path = d2.join(format!("{}.parquet", sanitise(&n)));
                             let f = fs::File::create(&path).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", path.display()))?;
-                            let w = ParquetWriter::new(f).with_compression(crate::spool::compression()).batched(&s2)?;
+                            let w = ParquetWriter::new(f).with_compression(crate::warehouse::parquet_compression()).batched(&s2)?;
                             ws.insert(n.clone(), w);
                             p2.lock().map_err(|_| polars_err!(ComputeError: "detail paths poisoned"))?.insert(n.clone(), path);
                         }

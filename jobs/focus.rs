@@ -124,7 +124,7 @@ pub fn customer_files(focus: &SpoolTable, invoices: &DataFrame, dir: &Path) -> R
                         fs::create_dir_all(parent).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", parent.display()))?;
                     }
                     let f = fs::File::create(&path).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", path.display()))?;
-                    let w = ParquetWriter::new(f).with_compression(ParquetCompression::Zstd(None)).batched(&s2)?;
+                    let w = ParquetWriter::new(f).with_compression(crate::warehouse::parquet_compression()).batched(&s2)?;
                     ws.insert(n.clone(), w);
                 }
                 if let Some(w) = ws.get_mut(&n) {
