@@ -1286,7 +1286,8 @@ impl Provenance {
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub event_id: String,
-    pub at: String,
+    /// When, RFC 3339 UTC (not `at`: a keyword in DuckDB's SQL).
+    pub occurred_at: String,
     /// `proposal`, `approval`, `rejection`, `in_force`, `run`, `close`, `explain`.
     pub event: String,
     /// Who, as given by `--by` / `CSPBILL_USER` (recorded, not authenticated), or `os:USER`.
@@ -1313,7 +1314,7 @@ impl Event {
     pub fn new(event: &str, actor: &str, source: &str) -> Self {
         Self {
             event_id: String::new(),
-            at: now(),
+            occurred_at: now(),
             event: event.into(),
             actor: actor.into(),
             actor_source: source.into(),
@@ -1338,8 +1339,8 @@ pub fn audit(wh: &Warehouse, mut ev: Event) -> Result<String> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    ev.event_id = crate::inputs_sha256(format!("{}|{}|{}|{nanos}|{}|{n}|{}", ev.at, ev.event, ev.actor, std::process::id(), ev.detail).as_bytes())[..16].to_string();
-    let t = chrono::DateTime::parse_from_rfc3339(&ev.at).map(|d| d.with_timezone(&chrono::Utc)).unwrap_or_else(|_| chrono::Utc::now());
+    ev.event_id = crate::inputs_sha256(format!("{}|{}|{}|{nanos}|{}|{n}|{}", ev.occurred_at, ev.event, ev.actor, std::process::id(), ev.detail).as_bytes())[..16].to_string();
+    let t = chrono::DateTime::parse_from_rfc3339(&ev.occurred_at).map(|d| d.with_timezone(&chrono::Utc)).unwrap_or_else(|_| chrono::Utc::now());
     let path = format!("_audit/date={}/{}-{}-{}.jsonl", t.format("%Y-%m-%d"), t.format("%Y%m%dT%H%M%S%6fZ"), ev.event, ev.event_id);
     let mut line = serde_json::to_vec(&ev)?;
     line.push(b'\n');

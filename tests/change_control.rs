@@ -413,6 +413,21 @@ fn concurrent_approvals_and_racing_changes_on_every_store() {
         assert_eq!(vs.len(), 2, "{}", b.name);
         assert!([&p13.change_id, &p14.change_id].contains(&&vs[1].change_id), "{}", b.name);
 
+        // A run reads the version in force from this store; the working copy (version 1) differs: a warning at
+        // nightly, exit 1 at close.
+        let mut only_rates = cfg.clone();
+        only_rates.change_control.roles.remove("tag_rules");
+        let mut m = cspbill::manifest::Manifest::new("r", PERIOD, "nightly", &b.url, String::new());
+        let (pinned_cfg, pinned) = cc::pin(only_rates.clone(), &wh, pipeline::RunMode::Nightly, &mut m).unwrap();
+        assert_eq!(sha_of(Path::new(&pinned_cfg.inputs.rate_cards)), vs[1].sha256, "{}", b.name);
+        assert_eq!(m.change_control["files"][0]["approved_version"], 2, "{}", b.name);
+        assert_eq!(m.warnings.len(), 1, "{}: {:?}", b.name, m.warnings);
+        drop(pinned);
+        let mut m = cspbill::manifest::Manifest::new("r", PERIOD, "close", &b.url, String::new());
+        let e = cc::pin(only_rates, &wh, pipeline::RunMode::Close, &mut m).err().expect("a close refuses");
+        assert_eq!(cspbill::error::exit_code(&e), 1, "{}: {e:#}", b.name);
+        assert!(format!("{e:#}").contains("differs from the approved version 2"), "{}: {e:#}", b.name);
+
         // The next change is diffed against the version in force.
         let p11 = cc::propose(&cfg, &wh, &f11, Some("rate_cards"), "alice@msp", "11 %").unwrap();
         assert_eq!(p11.base_version, 2);
