@@ -178,6 +178,9 @@ fn propose_approve_run_close_explain_and_audit_on_sample_data() {
     assert_eq!(rc["sha256"], v1_sha.as_str());
     assert_eq!(rc["change_id"], a.as_str());
     assert_eq!(rc["working_copy_differs"], false);
+    let staged = w.manifest()["reference_files"].as_array().unwrap().iter().find(|f| f["table"] == "stg_rate_cards").unwrap().clone();
+    assert_eq!(staged["sha256"], v1_sha.as_str());
+    assert!(staged["path"].as_str().unwrap().ends_with(&format!("/_reference/rate_cards/sha256={v1_sha}.csv")), "{staged}");
     assert_eq!(w.rate_values("DEF-LICENSE"), vec!["0.12"]);
 
     // The working copy changes (12 % → 13 % on licences): the run warns and still bills version 1.
