@@ -4,6 +4,7 @@
 //! `crates/core/main.rs` does. The pure stages live in the `pipeline` crate, the tables in `schemas`.
 
 pub mod anomalies;
+pub mod change_control;
 pub mod cli;
 pub mod config;
 pub mod error;

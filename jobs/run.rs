@@ -77,9 +77,12 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     m.config.insert("sha256".into(), crate::inputs_sha256(&std::fs::read(&cfg.path).unwrap_or_default()));
     // The period's lock first: a concurrent run of the same period fails here (exit 1) instead of doing the
     // work twice. Dropping `txn` on any error below releases it and leaves nothing visible.
+    // Change control: each controlled reference file is read from its latest approved version, not the working copy.
+    let (cfg, pinned) = crate::change_control::pin(cfg, &wh, mode, &mut m)?;
     let mut txn = wh.begin(period, &run_id)?;
     let mut timer = Timer::new();
     let refs = load_reference(&cfg, period, &mut m)?;
+    pinned.relabel(&mut m);
     timer.lap("reference");
     let adjustments = if stop >= Stop::Invoice {
         crate::late::adjustments_for(&cfg, &wh, &ctx, &mut m)?
@@ -164,6 +167,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let manifest = serde_json::to_value(&m)?;
     let commit = txn.commit(manifest, close)?;
     info!(version = commit.version, outputs = m.outputs.len(), closed = close, "published");
+    crate::change_control::audit_run(&wh, &m, close, commit.version, &commit.manifest);
     println!(
         "published {period} (run {run_id}, version {}{}) to {url}: {} table file(s); manifest {}",
         commit.version,

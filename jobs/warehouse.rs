@@ -372,6 +372,19 @@ impl Warehouse {
         self.inner.get_opt(rel_path)
     }
 
+    /// Creates a file below the root only if it does not exist yet (a conditional create, as the commit pointer
+    /// is written): false when it already existed. For append-only logs and create-once records.
+    pub fn create_file(&self, rel_path: &str, bytes: Bytes) -> Result<bool> {
+        check_rel_path(rel_path, true)?;
+        self.inner.put_create(rel_path, bytes)
+    }
+
+    /// Deletes a file below the root (nothing when it is absent).
+    pub fn delete_file(&self, rel_path: &str) -> Result<()> {
+        check_rel_path(rel_path, true)?;
+        self.inner.delete(rel_path)
+    }
+
     /// Every file below `prefix` (relative to the root; `""` for all), sorted, as paths relative to the root.
     pub fn list_files(&self, prefix: &str) -> Result<Vec<String>> {
         if !prefix.is_empty() {
