@@ -143,6 +143,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
+    timer.lap("exports");
     if let Some(l) = &ledger {
         let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for ledger exports")?;
         for path in crate::ledger::write_exports(tmp.path(), period, &l.journal, &l.trial_balance, &cfg.ledger)? {
@@ -152,8 +153,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
+    timer.lap("ledger exports");
     crate::focus::publish_customer_files(&computed, &mut txn, &mut m)?;
-    timer.lap("exports");
+    timer.lap("focus files");
     let new_anomalies = match &report {
         Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),
         None => None,
