@@ -94,6 +94,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
         format: ExplainFormat,
     },
+    /// Compare the period's committed invoice lines with a legacy system's (`marts/rpt_parallel_run`).
+    Compare(crate::compare::CompareArgs),
     /// Write a deterministic synthetic Partner Center workspace.
     Generate(crate::generate::GenerateArgs),
     /// Change control of reference files: propose, approve, reject, list, show (`[change_control]`).
@@ -203,6 +205,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Focus(p) => crate::focus::command(&p),
         Command::Anomalies { p, fail_on } => crate::run::anomalies(&p, fail_on),
         Command::Explain { p, line, invoice_line, format } => crate::explain::explain(&p, line, invoice_line, format),
+        Command::Compare(a) => crate::compare::command(&a),
         Command::Generate(g) => crate::generate::generate(&g),
         Command::Ref { cmd } => crate::change_control::command(cmd),
     }

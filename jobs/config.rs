@@ -39,6 +39,9 @@ pub struct Config {
     /// Change control of reference files (`[change_control]`, see `jobs/change_control.rs`); off by default.
     #[serde(default)]
     pub change_control: crate::change_control::Settings,
+    /// The parallel run against legacy invoices (`[compare]`, see `jobs/compare.rs`): tolerances, column mapping.
+    #[serde(default)]
+    pub compare: crate::compare::Settings,
     /// The folder the file is in: relative paths resolve against it. Not read from the file.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -5,6 +5,7 @@
 
 pub mod anomalies;
 pub mod change_control;
+pub mod compare;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -379,6 +379,14 @@ impl Warehouse {
         self.inner.put_create(rel_path, bytes)
     }
 
+    /// Writes a file outside any commit (not under `_` folders or `raw/`) by one PUT, which object stores and
+    /// the local store (a staging file renamed into place) apply atomically: a reader sees the old or the new
+    /// file whole. For tables that are their own version, such as the parallel run's report (`jobs/compare.rs`).
+    pub fn replace_file(&self, rel_path: &str, bytes: Bytes) -> Result<()> {
+        check_rel_path(rel_path, false)?;
+        self.inner.put_overwrite(rel_path, bytes)
+    }
+
     /// Deletes a file below the root (nothing when it is absent).
     pub fn delete_file(&self, rel_path: &str) -> Result<()> {
         check_rel_path(rel_path, true)?;

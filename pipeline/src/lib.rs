@@ -10,6 +10,7 @@
 pub mod allocate;
 pub mod anomalies;
 pub mod charges;
+pub mod compare;
 pub mod context;
 pub mod currency;
 pub mod decimal;

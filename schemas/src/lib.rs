@@ -316,6 +316,22 @@ table!(
 });
 
 table!(
+    /// The parallel run (issue 17, `cspbill compare`): legacy invoice lines against `fct_invoice_lines` of the
+    /// committed run `compared_run_id`, matched on (customer, currency, product, line type). `row_kind` is `line`
+    /// (one matched key, or one unmatched side) or `customer` (per customer and currency). `difference` =
+    /// cspbill − legacy; `difference_pct` in per cent of the legacy amount. `status`: `matched`,
+    /// `missing_in_legacy`, `extra_in_legacy` (customer rows: `matched` or `incomplete`). `cause`: `none`,
+    /// `proration`, `rounding`, `markup`, `fx`, `missing_line`, `extra_line`, `unexplained` (`summary` on
+    /// customer rows with differences).
+    rpt_parallel_run, Zone::Marts, {
+    period: Str, row_kind: Str, customer_id: Str, customer_name: Str, currency: Str, product: Str, line_type: Str,
+    description: Str, legacy_invoice_numbers: Str, cspbill_invoice_numbers: Str, legacy_lines: Int,
+    cspbill_lines: Int, legacy_quantity: Dec, cspbill_quantity: Dec, legacy_amount: Dec, cspbill_amount: Dec,
+    difference: Dec, difference_pct: Dec, within_tolerance: Bool, lines_outside_tolerance: Int, status: Str,
+    cause: Str, explanation: Str, compared_run_id: Str,
+});
+
+table!(
     /// Double-entry journal lines in the invoice currency, one entry per invoice and kind (`source`: `invoice`,
     /// `cost`, `release`). `debit` and `credit` are rounded to the currency's minor unit and never both set.
     /// Cost lines carry what Microsoft charged in billing currency (`source_currency`, `source_amount`) and the

@@ -1,0 +1,316 @@
+//! `cspbill compare` (issue 17): the parallel run against a legacy billing process. Reads the legacy invoice
+//! lines (a CSV in the documented minimal layout, or the user's own export mapped by `[compare.columns]`),
+//! typed as text and parsed exactly (a bad cell is exit 2 with file, line and column), reads the period's
+//! committed `fct_invoice_lines`, `stg_customers`, `stg_rate_cards` and `stg_fx_rates` through one commit
+//! pointer (one run), lets `pipeline::compare` match and explain, and publishes `marts/rpt_parallel_run`.
+//!
+//! Publishing: the report is not part of the period's commit (a parallel run compares a closed period, which is
+//! never rewritten, and a commit carrying the run's other files forward would break the two-commit retention of
+//! their data). It is its own table: one Parquet file at its Hive path, replaced by one atomic PUT, so a reader
+//! sees a whole report of one comparison; each row names the committed run it compared (`compared_run_id`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use pipeline::compare::{LegacyLine, Options, RateValue};
+use polars::prelude::*;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::cli::PeriodArgs;
+use crate::error::Failure;
+
+/// `[compare]` in cspbill.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// A line is within tolerance when |cspbill − legacy| ≤ this (invoice currency units)…
+    #[serde(default = "default_abs")]
+    pub abs_tolerance: Decimal,
+    /// …or ≤ this fraction of |legacy| (0.005 = 0.5 %).
+    #[serde(default)]
+    pub rel_tolerance: Decimal,
+    /// The legacy file's header names of each field (case-insensitive).
+    #[serde(default)]
+    pub columns: Columns,
+}
+
+fn default_abs() -> Decimal {
+    Decimal::new(1, 2)
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { abs_tolerance: default_abs(), rel_tolerance: Decimal::ZERO, columns: Columns::default() }
+    }
+}
+
+/// `[compare.columns]`: which header of the legacy export holds each field. `line_type` is optional: when it
+/// is mapped and present, the line type joins the match key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Columns {
+    pub customer: String,
+    pub invoice_number: String,
+    pub description: String,
+    pub product: String,
+    pub quantity: String,
+    pub amount: String,
+    pub currency: String,
+    pub line_type: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self {
+            customer: "customer".into(),
+            invoice_number: "invoice_number".into(),
+            description: "description".into(),
+            product: "product".into(),
+            quantity: "quantity".into(),
+            amount: "amount".into(),
+            currency: "currency".into(),
+            line_type: "line_type".into(),
+        }
+    }
+}
+
+/// What `cspbill compare` was asked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub p: PeriodArgs,
+    /// The legacy invoice lines (CSV with a header; layout in README, "Migrating from spreadsheets").
+    #[arg(long)]
+    pub legacy: PathBuf,
+    /// Exit 1 when a line or a customer total is outside tolerance (for a scheduled parallel run).
+    #[arg(long)]
+    pub fail_outside_tolerance: bool,
+}
+
+/// Runs the comparison, publishes the report and prints the per-customer summary.
+pub fn command(a: &CompareArgs) -> Result<()> {
+    let p = &a.p;
+    let cfg = crate::config::load(&p.config)?;
+    let settings = &cfg.compare;
+    let legacy = read_legacy(&a.legacy, &settings.columns)?;
+    let url = cfg.warehouse_url(p.warehouse.as_deref());
+    let wh = crate::warehouse::Warehouse::open(&url, &cfg.warehouse.options)?;
+    wh.repair(p.period)?;
+    let shown = wh.url().to_string();
+    let commit = wh.committed(p.period)?.ok_or_else(|| {
+        Failure::usage(format!("`{shown}` has no committed run of period {}; run `cspbill run --period {}` first", p.period, p.period))
+    })?;
+    let read = |t: &str, z: schemas::Zone| -> Result<DataFrame> {
+        wh.read_commit_table(&commit, t, z)?.ok_or_else(|| {
+            Failure::usage(format!("the committed run `{}` of period {} has no `{t}`; run `cspbill run --period {}` to completion first", commit.run_id, p.period, p.period)).into()
+        })
+    };
+    let lines = read(schemas::fct_invoice_lines::TABLE, schemas::fct_invoice_lines::ZONE)?;
+    let customers = read(schemas::stg_customers::TABLE, schemas::stg_customers::ZONE)?;
+    let rate_cards = read(schemas::stg_rate_cards::TABLE, schemas::stg_rate_cards::ZONE)?;
+    let fx = wh
+        .read_commit_table(&commit, schemas::stg_fx_rates::TABLE, schemas::stg_fx_rates::ZONE)?
+        .unwrap_or_else(|| DataFrame::empty_with_schema(&schemas::stg_fx_rates::schema()));
+    // The period's own rates (its days and the days before its first business day): a rate of another year is
+    // not evidence of what the legacy sheet did this month.
+    let fx = fx
+        .lazy()
+        .filter(col(schemas::stg_fx_rates::date).gt_eq(lit(p.period.start() - chrono::Duration::days(7))))
+        .filter(col(schemas::stg_fx_rates::date).lt_eq(lit(p.period.end())))
+        .collect()?;
+    let opts = Options { abs_tolerance: settings.abs_tolerance, rel_tolerance: settings.rel_tolerance, rounding: cfg.billing.rounding };
+    let mut report = pipeline::compare::rpt_parallel_run(
+        &p.period.to_string(),
+        &commit.run_id,
+        &legacy,
+        &lines,
+        &customers,
+        &rate_values(&rate_cards)?,
+        &fx,
+        &opts,
+    )?;
+    publish(&wh, p.period, &mut report)?;
+    let outside = summary(&report, &shown, p.period)?;
+    if a.fail_outside_tolerance && outside > 0 {
+        return Err(Failure::invariant(format!(
+            "{outside} customer(s) of period {} differ from the legacy invoices beyond tolerance; read `marts/rpt_parallel_run` for the lines and their causes",
+            p.period
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Distinct (method, value) of the rate cards, naming every rule that offers it.
+fn rate_values(rc: &DataFrame) -> Result<Vec<RateValue>> {
+    use pipeline::invoice::cells;
+    use schemas::stg_rate_cards as r;
+    let ids = cells::strs(rc, r::rule_id)?;
+    let methods = cells::strs(rc, r::method)?;
+    let values = cells::decs(rc, r::value)?;
+    let mut by: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for i in 0..rc.height() {
+        if let (Some(m), Some(v)) = (&methods[i], values[i]) {
+            by.entry((m.clone(), v.normalize().to_string())).or_default().push(ids[i].clone().unwrap_or_default());
+        }
+    }
+    Ok(by
+        .into_iter()
+        .filter_map(|((method, v), rules)| Some(RateValue { rule_id: rules.join("`, `"), method, value: v.parse().ok()? }))
+        .collect())
+}
+
+/// Writes the report at `marts/rpt_parallel_run/period=P/part-0.parquet` (without the `period` column, which the
+/// Hive path carries, as every committed table) by one atomic PUT.
+fn publish(wh: &crate::warehouse::Warehouse, period: pipeline::Period, report: &mut DataFrame) -> Result<()> {
+    use schemas::rpt_parallel_run as rp;
+    let mut body = report.drop(rp::period)?;
+    let mut buf = Vec::new();
+    ParquetWriter::new(&mut buf)
+        .with_compression(crate::warehouse::parquet_compression())
+        .finish(&mut body)
+        .map_err(anyhow::Error::from)
+        .context("encoding `rpt_parallel_run` as Parquet")?;
+    let path = format!("{}/{}/period={period}/part-0.parquet", rp::ZONE.dir(), rp::TABLE);
+    wh.replace_file(&path, Bytes::from(buf))
+}
+
+/// Prints one line per customer and currency; returns how many are outside tolerance.
+fn summary(report: &DataFrame, wh: &str, period: pipeline::Period) -> Result<usize> {
+    use pipeline::invoice::cells;
+    let kind = cells::strs(report, "row_kind")?;
+    let name = cells::strs(report, "customer_name")?;
+    let id = cells::strs(report, "customer_id")?;
+    let ccy = cells::strs(report, "currency")?;
+    let diff = cells::decs(report, "difference")?;
+    let within = cells::bools(report, "within_tolerance")?;
+    let expl = cells::strs(report, "explanation")?;
+    let mut out = String::new();
+    let mut outside = 0;
+    for i in 0..report.height() {
+        if kind[i].as_deref() != Some("customer") {
+            continue;
+        }
+        let ok = within[i] == Some(true);
+        outside += usize::from(!ok);
+        out.push_str(&format!(
+            "{} {} ({}): difference {} {}; {}\n",
+            if ok { "ok     " } else { "OUTSIDE" },
+            name[i].clone().or_else(|| id[i].clone()).unwrap_or_default(),
+            id[i].clone().unwrap_or_default(),
+            diff[i].unwrap_or_default().round_dp(4),
+            ccy[i].clone().unwrap_or_default(),
+            expl[i].clone().unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "parallel run of {period}: {outside} customer(s) outside tolerance; report in `{wh}/marts/rpt_parallel_run/period={period}/part-0.parquet`\n"
+    ));
+    use std::io::Write;
+    let mut so = std::io::stdout().lock();
+    match so.write_all(out.as_bytes()).and_then(|()| so.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing the summary to stdout")?,
+    }
+    Ok(outside)
+}
+
+/// Reads the legacy file as text (no inference) and types each cell; any problem is exit 2 naming the file,
+/// the line and the column, and what to do.
+pub fn read_legacy(path: &Path, cols: &Columns) -> Result<Vec<LegacyLine>> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read the legacy file `{shown}`: {e}; pass --legacy with the path of the export")))?;
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
+    }
+    let df = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_raise_if_empty(false)
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+        .finish()
+        .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?;
+    let header: Vec<String> = df.get_column_names().iter().map(|s| s.trim_start_matches('\u{feff}').trim().to_string()).collect();
+    let find = |want: &str| header.iter().position(|h| h.eq_ignore_ascii_case(want.trim()));
+    let fields = [
+        ("customer", &cols.customer),
+        ("invoice_number", &cols.invoice_number),
+        ("description", &cols.description),
+        ("product", &cols.product),
+        ("quantity", &cols.quantity),
+        ("amount", &cols.amount),
+        ("currency", &cols.currency),
+    ];
+    let missing: Vec<String> = fields
+        .iter()
+        .filter(|(_, h)| find(h).is_none())
+        .map(|(f, h)| if *f == h.as_str() { format!("`{h}`") } else { format!("`{h}` (for `{f}`)") })
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::usage(format!(
+            "{shown}:1: the legacy file has no column {}; its columns are {}; rename them in the file or map your export's headers in `[compare.columns]` of cspbill.toml",
+            missing.join(", "),
+            header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
+        ))
+        .into());
+    }
+    let col_of = |i: usize| df.columns()[i].str().map_err(|e| Failure::usage(format!("{shown}: {e}")));
+    let get = |h: &str| -> Result<(usize, &StringChunked)> {
+        let i = find(h).unwrap_or_default();
+        Ok((i, col_of(i)?))
+    };
+    let (_, customer) = get(&cols.customer)?;
+    let (_, invoice) = get(&cols.invoice_number)?;
+    let (_, desc) = get(&cols.description)?;
+    let (_, product) = get(&cols.product)?;
+    let (qi, quantity) = get(&cols.quantity)?;
+    let (ai, amount) = get(&cols.amount)?;
+    let (ci, currency) = get(&cols.currency)?;
+    let line_type = match find(&cols.line_type) {
+        Some(i) => Some(col_of(i)?),
+        None => None,
+    };
+    let mut out = Vec::with_capacity(df.height());
+    for r in 0..df.height() {
+        let line = (r + 2) as u64;
+        let at = |ci: usize, why: &str| -> anyhow::Error {
+            Failure::usage(format!("{shown}:{line}: column {} (`{}`): {why}", ci + 1, header[ci])).into()
+        };
+        let text = |c: &StringChunked| c.get(r).unwrap_or("").trim().to_string();
+        let number = |i: usize, c: &StringChunked, required: bool| -> Result<Option<Decimal>> {
+            let t = text(c);
+            if t.is_empty() {
+                return if required { Err(at(i, "is empty; every line needs an amount (write 0 for a zero line)")) } else { Ok(None) };
+            }
+            match pipeline::reference::parse_decimal(&t, false) {
+                Some(v) => Ok(Some(v)),
+                None => Err(at(i, &format!("`{}` is not a plain decimal number; write it without currency signs or thousands separators, with a dot (1234.50)", crate::error::clip(&t)))),
+            }
+        };
+        let cur = text(currency).to_uppercase();
+        if pipeline::currency::minor_unit(&cur).is_none() {
+            return Err(at(ci, &format!("`{}` is not an ISO 4217 currency code (EUR, USD, GBP, ...)", crate::error::clip(&cur))));
+        }
+        let cust = text(customer);
+        if cust.is_empty() {
+            let i = find(&cols.customer).unwrap_or_default();
+            return Err(at(i, "is empty; every line needs its customer (the customer id or name of customers.csv)"));
+        }
+        out.push(LegacyLine {
+            line,
+            customer: cust,
+            invoice_number: text(invoice),
+            description: text(desc),
+            product: text(product),
+            quantity: number(qi, quantity, false)?,
+            amount: number(ai, amount, true)?.unwrap_or_default(),
+            currency: cur,
+            line_type: line_type.map(text).filter(|t| !t.is_empty()),
+        });
+    }
+    Ok(out)
+}
