@@ -187,8 +187,11 @@ pub fn rpt_parallel_run(
         ids.iter().zip(&cn).filter_map(|(i, n)| Some((i.clone()?, n.clone().unwrap_or_default()))).collect();
 
     let mut csp: BTreeMap<Key, CspSide> = BTreeMap::new();
+    // The product as cspbill spells it (else as the legacy file does), for the report.
+    let mut spelling: BTreeMap<String, String> = BTreeMap::new();
     for l in csp_lines(invoice_lines)? {
         names.entry(norm(&l.customer_id)).or_insert_with(|| l.customer_id.clone());
+        spelling.entry(norm(&l.product)).or_insert_with(|| l.product.clone());
         let lt = if with_lt { norm(&l.line_type) } else { String::new() };
         let e = csp.entry((l.customer_id.clone(), l.currency.clone(), norm(&l.product), lt)).or_default();
         e.side.lines += 1;
@@ -228,6 +231,7 @@ pub fn rpt_parallel_run(
                 product = only.2.clone();
             }
         }
+        spelling.entry(product.clone()).or_insert_with(|| l.product.trim().to_string());
         let e = leg.entry((customer, currency, product, lt)).or_default();
         e.lines += 1;
         e.amount += l.amount;
@@ -273,7 +277,7 @@ pub fn rpt_parallel_run(
             customer_id: k.0.clone(),
             customer_name: display.get(&k.0).cloned().unwrap_or_default(),
             currency: k.1.clone(),
-            product: k.2.clone(),
+            product: spelling.get(&k.2).cloned().unwrap_or_else(|| k.2.clone()),
             line_type: if k.3.is_empty() { c.map(|c| c.line_types.join(",")).unwrap_or_default() } else { k.3.clone() },
             description: desc.join(" / "),
             legacy_invoices: l.map(|l| l.invoices.join(",")).unwrap_or_default(),

@@ -112,7 +112,7 @@ fn matches_on_business_keys_not_row_order_and_by_name_or_id() {
 #[test]
 fn a_legacy_product_id_matches_a_unique_product_sku_key() {
     let got = run(&[legacy("c1", "cfq7", Some("10"), "94.08", "USD")], &[SEATS]);
-    assert_eq!(got[0].0, "cfq7:0001");
+    assert_eq!(got[0].0, "CFQ7:0001");
     assert_eq!(got[0].2, "none");
 }
 
@@ -122,6 +122,7 @@ fn missing_and_extra_lines() {
     let leg = [legacy("c1", "CFQ7:0001", Some("10"), "94.08", "USD"), legacy("c1", "backup-addon", Some("1"), "20", "USD")];
     let got = run(&leg, &[SEATS, USAGE]);
     let usage = got.iter().find(|r| r.0 == "azure_usage").unwrap();
+    assert_eq!(got.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["CFQ7:0001", "azure_usage", "backup-addon"]);
     assert_eq!((usage.1.as_str(), usage.2.as_str(), usage.3, usage.5, usage.6), ("missing_in_legacy", "missing_line", None, d("115"), false));
     let extra = got.iter().find(|r| r.0 == "backup-addon").unwrap();
     assert_eq!((extra.1.as_str(), extra.2.as_str(), extra.4, extra.5), ("extra_in_legacy", "extra_line", None, d("-20")));
