@@ -332,6 +332,18 @@ table!(
 });
 
 table!(
+    /// Drift between billing and the business systems (issue 17, `cspbill drift`): one row per difference.
+    /// `source` `psa` (agreement additions) or `crm` (quotes); `measure` `quantity`, `unit_price`, `amount`,
+    /// `margin` (a fraction) or `line` (present on one side only). `business_value` is what the PSA or CRM holds,
+    /// `billing_value` what `billing_source` (`partner_center` seats or `cspbill` prices and amounts) holds;
+    /// `difference` = billing − business (an absent side counts 0).
+    rpt_drift, Zone::Marts, {
+    period: Str, source: Str, customer_id: Str, customer_name: Str, product: Str, measure: Str, currency: Str,
+    business_system: Str, business_value: Dec, billing_source: Str, billing_value: Dec, difference: Dec,
+    message: Str, compared_run_id: Str,
+});
+
+table!(
     /// Double-entry journal lines in the invoice currency, one entry per invoice and kind (`source`: `invoice`,
     /// `cost`, `release`). `debit` and `credit` are rounded to the currency's minor unit and never both set.
     /// Cost lines carry what Microsoft charged in billing currency (`source_currency`, `source_amount`) and the

@@ -95,10 +95,10 @@ pub(crate) fn explain(c: &CspSide, l: &Side, ctx: &Ctx) -> (Cause, String) {
     // 1. Proration: cspbill bills a fraction of a seat-month (Microsoft's own factor for a mid-month change).
     if let (Some(qe), [price]) = (c.effective_quantity, c.unit_prices.as_slice()) {
         if c.families.iter().any(|f| f == "license") && !is_whole(qe) && l.quantity != Some(qe) {
-            let ql = l.quantity.map_or("no quantity".to_string(), |q| q.normalize().to_string());
+            let ql = l.quantity.map_or("no quantity".to_string(), |q| format!("{} seats", q.normalize()));
             let whole = l.quantity.map(|q| round(q * price, ctx.dp, ctx.opts.rounding));
-            let tail = match whole {
-                Some(w) if w == l.amount => format!(" = {ql} × {} {cur}", price.normalize()),
+            let tail = match (whole, l.quantity) {
+                (Some(w), Some(q)) if w == l.amount => format!(" ({} × {} = {w} {cur})", q.normalize(), price.normalize()),
                 _ => String::new(),
             };
             return (

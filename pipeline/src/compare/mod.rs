@@ -8,6 +8,7 @@
 //! subscription and org unit; a legacy sheet may split by site) are summed and compared as one matched line.
 
 mod causes;
+pub mod drift;
 #[cfg(test)]
 mod tests;
 
@@ -94,6 +95,23 @@ pub fn product_key(group_key: &str) -> String {
     group_key.to_string()
 }
 
+/// The customer id by any spelling a business system uses (the id or the name, any case), and the name by id.
+fn customer_names(customers: &DataFrame) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let ids = cells::strs(customers, "customer_id")?;
+    let cn = cells::strs(customers, "customer_name")?;
+    for (id, name) in ids.iter().zip(&cn) {
+        if let Some(id) = id {
+            names.insert(norm(id), id.clone());
+            if let Some(n) = name {
+                names.entry(norm(n)).or_insert_with(|| id.clone());
+            }
+        }
+    }
+    let display = ids.iter().zip(&cn).filter_map(|(i, n)| Some((i.clone()?, n.clone().unwrap_or_default()))).collect();
+    Ok((names, display))
+}
+
 fn norm(s: &str) -> String {
     s.trim().to_lowercase()
 }
@@ -172,20 +190,7 @@ pub fn rpt_parallel_run(
     opts: &Options,
 ) -> Result<DataFrame> {
     let with_lt = legacy.iter().any(|l| l.line_type.is_some());
-    let mut names: BTreeMap<String, String> = BTreeMap::new();
-    let ids = cells::strs(customers, "customer_id")?;
-    let cn = cells::strs(customers, "customer_name")?;
-    for (id, name) in ids.iter().zip(&cn) {
-        if let Some(id) = id {
-            names.insert(norm(id), id.clone());
-            if let Some(n) = name {
-                names.entry(norm(n)).or_insert_with(|| id.clone());
-            }
-        }
-    }
-    let display: BTreeMap<String, String> =
-        ids.iter().zip(&cn).filter_map(|(i, n)| Some((i.clone()?, n.clone().unwrap_or_default()))).collect();
-
+    let (mut names, display) = customer_names(customers)?;
     let mut csp: BTreeMap<Key, CspSide> = BTreeMap::new();
     // The product as cspbill spells it (else as the legacy file does), for the report.
     let mut spelling: BTreeMap<String, String> = BTreeMap::new();
