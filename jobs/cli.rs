@@ -96,6 +96,8 @@ pub enum Command {
     },
     /// Compare the period's committed invoice lines with a legacy system's (`marts/rpt_parallel_run`).
     Compare(crate::compare::CompareArgs),
+    /// Compare the PSA's agreements and the CRM's quotes with what was billed (`marts/rpt_drift`).
+    Drift(crate::drift::DriftArgs),
     /// Write a deterministic synthetic Partner Center workspace.
     Generate(crate::generate::GenerateArgs),
     /// Change control of reference files: propose, approve, reject, list, show (`[change_control]`).
@@ -206,6 +208,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Anomalies { p, fail_on } => crate::run::anomalies(&p, fail_on),
         Command::Explain { p, line, invoice_line, format } => crate::explain::explain(&p, line, invoice_line, format),
         Command::Compare(a) => crate::compare::command(&a),
+        Command::Drift(a) => crate::drift::command(&a),
         Command::Generate(g) => crate::generate::generate(&g),
         Command::Ref { cmd } => crate::change_control::command(cmd),
     }

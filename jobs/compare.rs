@@ -35,6 +35,21 @@ pub struct Settings {
     /// The legacy file's header names of each field (case-insensitive).
     #[serde(default)]
     pub columns: Columns,
+    /// Drift: CRM margins more than this many fraction points from the realised margin (0.01 = 1 point).
+    #[serde(default = "default_margin")]
+    pub margin_tolerance: Decimal,
+    /// Header names of the PSA export by field (`customer`, `product`, `quantity`, `unit_price`), when they
+    /// differ from the field names.
+    #[serde(default)]
+    pub psa_columns: BTreeMap<String, String>,
+    /// Header names of the CRM export by field (`customer`, `product`, `quoted_quantity`,
+    /// `quoted_monthly_amount`, `quoted_margin`), when they differ from the field names.
+    #[serde(default)]
+    pub crm_columns: BTreeMap<String, String>,
+}
+
+fn default_margin() -> Decimal {
+    Decimal::new(1, 2)
 }
 
 fn default_abs() -> Decimal {
@@ -43,7 +58,14 @@ fn default_abs() -> Decimal {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { abs_tolerance: default_abs(), rel_tolerance: Decimal::ZERO, columns: Columns::default() }
+        Self {
+            abs_tolerance: default_abs(),
+            rel_tolerance: Decimal::ZERO,
+            columns: Columns::default(),
+            margin_tolerance: default_margin(),
+            psa_columns: BTreeMap::new(),
+            crm_columns: BTreeMap::new(),
+        }
     }
 }
 
@@ -96,18 +118,9 @@ pub fn command(a: &CompareArgs) -> Result<()> {
     let cfg = crate::config::load(&p.config)?;
     let settings = &cfg.compare;
     let legacy = read_legacy(&a.legacy, &settings.columns)?;
-    let url = cfg.warehouse_url(p.warehouse.as_deref());
-    let wh = crate::warehouse::Warehouse::open(&url, &cfg.warehouse.options)?;
-    wh.repair(p.period)?;
+    let (wh, commit) = open_committed(p, &cfg)?;
     let shown = wh.url().to_string();
-    let commit = wh.committed(p.period)?.ok_or_else(|| {
-        Failure::usage(format!("`{shown}` has no committed run of period {}; run `cspbill run --period {}` first", p.period, p.period))
-    })?;
-    let read = |t: &str, z: schemas::Zone| -> Result<DataFrame> {
-        wh.read_commit_table(&commit, t, z)?.ok_or_else(|| {
-            Failure::usage(format!("the committed run `{}` of period {} has no `{t}`; run `cspbill run --period {}` to completion first", commit.run_id, p.period, p.period)).into()
-        })
-    };
+    let read = |t: &str, z: schemas::Zone| read_committed(&wh, &commit, p, t, z);
     let lines = read(schemas::fct_invoice_lines::TABLE, schemas::fct_invoice_lines::ZONE)?;
     let customers = read(schemas::stg_customers::TABLE, schemas::stg_customers::ZONE)?;
     let rate_cards = read(schemas::stg_rate_cards::TABLE, schemas::stg_rate_cards::ZONE)?;
@@ -132,7 +145,7 @@ pub fn command(a: &CompareArgs) -> Result<()> {
         &fx,
         &opts,
     )?;
-    publish(&wh, p.period, &mut report)?;
+    publish(&wh, p.period, schemas::rpt_parallel_run::TABLE, &mut report)?;
     let outside = summary(&report, &shown, p.period)?;
     if a.fail_outside_tolerance && outside > 0 {
         return Err(Failure::invariant(format!(
@@ -142,6 +155,36 @@ pub fn command(a: &CompareArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The warehouse and the period's latest commit, or what to run first.
+pub(crate) fn open_committed(p: &PeriodArgs, cfg: &crate::config::Config) -> Result<(crate::warehouse::Warehouse, crate::warehouse::Commit)> {
+    let url = cfg.warehouse_url(p.warehouse.as_deref());
+    let wh = crate::warehouse::Warehouse::open(&url, &cfg.warehouse.options)?;
+    // A publish a killed run left half done is completed first.
+    wh.repair(p.period)?;
+    let shown = wh.url().to_string();
+    let commit = wh.committed(p.period)?.ok_or_else(|| {
+        Failure::usage(format!("`{shown}` has no committed run of period {}; run `cspbill run --period {}` first", p.period, p.period))
+    })?;
+    Ok((wh, commit))
+}
+
+/// A table of the commit (all tables come from one run), or what to run first.
+pub(crate) fn read_committed(
+    wh: &crate::warehouse::Warehouse,
+    commit: &crate::warehouse::Commit,
+    p: &PeriodArgs,
+    table: &str,
+    zone: schemas::Zone,
+) -> Result<DataFrame> {
+    wh.read_commit_table(commit, table, zone)?.ok_or_else(|| {
+        Failure::usage(format!(
+            "the committed run `{}` of period {} has no `{table}`; run `cspbill run --period {}` to completion first",
+            commit.run_id, p.period, p.period
+        ))
+        .into()
+    })
 }
 
 /// Distinct (method, value) of the rate cards, naming every rule that offers it.
@@ -165,16 +208,15 @@ fn rate_values(rc: &DataFrame) -> Result<Vec<RateValue>> {
 
 /// Writes the report at `marts/rpt_parallel_run/period=P/part-0.parquet` (without the `period` column, which the
 /// Hive path carries, as every committed table) by one atomic PUT.
-fn publish(wh: &crate::warehouse::Warehouse, period: pipeline::Period, report: &mut DataFrame) -> Result<()> {
-    use schemas::rpt_parallel_run as rp;
-    let mut body = report.drop(rp::period)?;
+pub(crate) fn publish(wh: &crate::warehouse::Warehouse, period: pipeline::Period, table: &str, report: &mut DataFrame) -> Result<()> {
+    let mut body = report.drop("period")?;
     let mut buf = Vec::new();
     ParquetWriter::new(&mut buf)
         .with_compression(crate::warehouse::parquet_compression())
         .finish(&mut body)
         .map_err(anyhow::Error::from)
-        .context("encoding `rpt_parallel_run` as Parquet")?;
-    let path = format!("{}/{}/period={period}/part-0.parquet", rp::ZONE.dir(), rp::TABLE);
+        .with_context(|| format!("encoding `{table}` as Parquet"))?;
+    let path = format!("{}/{table}/period={period}/part-0.parquet", schemas::Zone::Marts.dir());
     wh.replace_file(&path, Bytes::from(buf))
 }
 

@@ -6,6 +6,7 @@
 pub mod anomalies;
 pub mod change_control;
 pub mod compare;
+pub mod drift;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -241,3 +241,74 @@ fn column_mapping_and_bad_legacy_files() {
     let err = String::from_utf8_lossy(&compare(&ws, &bad, &[]).stderr).to_string();
     assert!(err.contains("bad.csv:2: column 7 (`Curr`): `UKP` is not an ISO 4217 currency code"), "{err}");
 }
+
+/// Drift against hand-made PSA and CRM exports (`tests/fixtures/parallel_run/`), each row planted:
+/// PSA
+/// - Lucerne `CFQ7TTC0LH18:0001`: 8 seats at 7.12, billed 8 at 7.115144… (within half a cent): no row.
+/// - Lucerne `CFQ7TTC0LCHC:0002`: 12 seats agreed, 15 billed: `quantity` 12 vs 15.
+/// - Coho Winery `CFQ7TTC0LCHC:0002`: 19.95 GBP agreed, cspbill's seat price 18.595808: `unit_price`.
+/// - Coho Winery `CFQ7TTC0LDPB:0001`: agreed (3), not billed: `line` 3 vs none.
+/// - Coho Winery `CFQ7TTC0LH18:0001`: billed (9 seats), no agreement: `line` none vs 9.
+/// CRM
+/// - Fabrikam `azure_usage`: quoted 300.00 a month at 20 %: `amount` and `margin` rows, the billed side
+///   recomputed here by DuckDB from `fct_invoice_lines` (Σ amount, (Σ amount − Σ cost) / Σ amount).
+/// - Fabrikam `CFQ7TTC0LDPB:0001`: 6 seats, 62.90, 10.7 %: billed 6, 62.90, (62.90 − 56.16) / 62.90 = 10.715 %
+///   (within 1 point): no row.
+/// - Wide World Importers `DZH318Z0BNZ5`: nothing billed: `line`.
+#[test]
+fn drift_against_psa_agreements_and_crm_quotes() {
+    let (_tmp, ws) = closed_workspace();
+    let fx = repo().join("tests/fixtures/parallel_run");
+    let cfg = ws.join("cspbill.toml");
+    let (psa, crm) = (fx.join("psa_agreements.csv"), fx.join("crm_quotes.csv"));
+    let base = ["drift", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--psa", psa.to_str().unwrap(), "--crm", crm.to_str().unwrap()];
+    let out = cspbill_ok(&base);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("drift of 2025-06: 7 difference(s)"), "{stdout}");
+    let mut failing = base.to_vec();
+    failing.push("--fail-on-drift");
+    assert_eq!(cspbill(&failing).status.code(), Some(1));
+    // A PSA export without a quantity column: exit 2 naming it.
+    let bad = ws.join("psa_bad.csv");
+    std::fs::write(&bad, "customer,product,seats\nCoho Winery Ltd,CFQ7TTC0LH18:0001,9\n").unwrap();
+    let out = cspbill(&["drift", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--psa", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("psa_bad.csv:1: no column `quantity`") && err.contains("[compare.psa_columns]"), "{err}");
+
+    let Some(py) = python() else { return };
+    let w = ws.join("warehouse");
+    let got = duckdb_csv(
+        &py,
+        &format!(
+            "select source, customer_name, product, measure, business_value::decimal(18,6) as business, billing_value::decimal(18,6) as billing
+             from read_parquet('{}/marts/rpt_drift/*/*.parquet', hive_partitioning=true) where period = '{PERIOD}' order by 1, 2, 3, 4",
+            w.display()
+        ),
+    );
+    // The Fabrikam Azure figures, recomputed from the invoice lines.
+    let fab = duckdb_csv(
+        &py,
+        &format!(
+            "select sum(amount)::decimal(18,6) as a, round((sum(amount) - sum(cost)) / sum(amount), 6)::decimal(18,6) as m
+             from read_parquet('{}/marts/fct_invoice_lines/*/*.parquet', hive_partitioning=true)
+             where customer_id = 'f38142e0-96d1-4ed8-92e7-93afc22527ca' and product_family = 'azure_usage'",
+            w.display()
+        ),
+    );
+    let fab: Vec<&str> = fab.lines().nth(1).unwrap().split(',').collect();
+    let expected = format!(
+        "source,customer_name,product,measure,business,billing
+crm,Fabrikam Fertigung GmbH,azure_usage,amount,300.000000,{a}
+crm,Fabrikam Fertigung GmbH,azure_usage,margin,0.200000,{m}
+crm,Wide World Importers KK,DZH318Z0BNZ5,line,50000.000000,
+psa,Coho Winery Ltd,CFQ7TTC0LCHC:0002,unit_price,19.950000,18.595808
+psa,Coho Winery Ltd,CFQ7TTC0LDPB:0001,line,3.000000,
+psa,Coho Winery Ltd,CFQ7TTC0LH18:0001,line,,9.000000
+psa,Lucerne Publishing B.V.,CFQ7TTC0LCHC:0002,quantity,12.000000,15.000000
+",
+        a = fab[0],
+        m = fab[1]
+    );
+    assert_eq!(got, expected);
+}
