@@ -263,22 +263,8 @@ fn summary(report: &DataFrame, wh: &str, period: pipeline::Period) -> Result<usi
 /// Reads the legacy file as text (no inference) and types each cell; any problem is exit 2 naming the file,
 /// the line and the column, and what to do.
 pub fn read_legacy(path: &Path, cols: &Columns) -> Result<Vec<LegacyLine>> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read the legacy file `{shown}`: {e}; pass --legacy with the path of the export")))?;
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
-    }
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_raise_if_empty(false)
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-        .finish()
-        .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?;
-    let header: Vec<String> = df.get_column_names().iter().map(|s| s.trim_start_matches('\u{feff}').trim().to_string()).collect();
-    let find = |want: &str| header.iter().position(|h| h.eq_ignore_ascii_case(want.trim()));
-    let fields = [
+    let f = TextCsv::read(path, "legacy file")?;
+    let map: BTreeMap<String, String> = [
         ("customer", &cols.customer),
         ("invoice_number", &cols.invoice_number),
         ("description", &cols.description),
@@ -286,73 +272,126 @@ pub fn read_legacy(path: &Path, cols: &Columns) -> Result<Vec<LegacyLine>> {
         ("quantity", &cols.quantity),
         ("amount", &cols.amount),
         ("currency", &cols.currency),
-    ];
-    let missing: Vec<String> = fields
-        .iter()
-        .filter(|(_, h)| find(h).is_none())
-        .map(|(f, h)| if *f == h.as_str() { format!("`{h}`") } else { format!("`{h}` (for `{f}`)") })
-        .collect();
-    if !missing.is_empty() {
-        return Err(Failure::usage(format!(
-            "{shown}:1: the legacy file has no column {}; its columns are {}; rename them in the file or map your export's headers in `[compare.columns]` of cspbill.toml",
-            missing.join(", "),
-            header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
-        ))
-        .into());
-    }
-    let col_of = |i: usize| df.columns()[i].str().map_err(|e| Failure::usage(format!("{shown}: {e}")));
-    let get = |h: &str| -> Result<(usize, &StringChunked)> {
-        let i = find(h).unwrap_or_default();
-        Ok((i, col_of(i)?))
-    };
-    let (_, customer) = get(&cols.customer)?;
-    let (_, invoice) = get(&cols.invoice_number)?;
-    let (_, desc) = get(&cols.description)?;
-    let (_, product) = get(&cols.product)?;
-    let (qi, quantity) = get(&cols.quantity)?;
-    let (ai, amount) = get(&cols.amount)?;
-    let (ci, currency) = get(&cols.currency)?;
-    let line_type = match find(&cols.line_type) {
-        Some(i) => Some(col_of(i)?),
-        None => None,
-    };
-    let mut out = Vec::with_capacity(df.height());
-    for r in 0..df.height() {
-        let line = (r + 2) as u64;
-        let at = |ci: usize, why: &str| -> anyhow::Error {
-            Failure::usage(format!("{shown}:{line}: column {} (`{}`): {why}", ci + 1, header[ci])).into()
-        };
-        let text = |c: &StringChunked| c.get(r).unwrap_or("").trim().to_string();
-        let number = |i: usize, c: &StringChunked, required: bool| -> Result<Option<Decimal>> {
-            let t = text(c);
-            if t.is_empty() {
-                return if required { Err(at(i, "is empty; every line needs an amount (write 0 for a zero line)")) } else { Ok(None) };
-            }
-            match pipeline::reference::parse_decimal(&t, false) {
-                Some(v) => Ok(Some(v)),
-                None => Err(at(i, &format!("`{}` is not a plain decimal number; write it without currency signs or thousands separators, with a dot (1234.50)", crate::error::clip(&t)))),
-            }
-        };
-        let cur = text(currency).to_uppercase();
-        if pipeline::currency::minor_unit(&cur).is_none() {
-            return Err(at(ci, &format!("`{}` is not an ISO 4217 currency code (EUR, USD, GBP, ...)", crate::error::clip(&cur))));
+        ("line_type", &cols.line_type),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    let c = f.columns(
+        &[
+            ("customer", true),
+            ("invoice_number", true),
+            ("description", true),
+            ("product", true),
+            ("quantity", true),
+            ("amount", true),
+            ("currency", true),
+            ("line_type", false),
+        ],
+        &map,
+        "[compare.columns]",
+    )?;
+    let mut out = Vec::with_capacity(f.rows());
+    for r in 0..f.rows() {
+        let currency = f.text(r, c[6]).to_uppercase();
+        if pipeline::currency::minor_unit(&currency).is_none() {
+            return Err(f.at(r, c[6], &format!("`{}` is not an ISO 4217 currency code (EUR, USD, GBP, ...)", crate::error::clip(&currency))));
         }
-        let cust = text(customer);
-        if cust.is_empty() {
-            let i = find(&cols.customer).unwrap_or_default();
-            return Err(at(i, "is empty; every line needs its customer (the customer id or name of customers.csv)"));
+        let customer = f.text(r, c[0]);
+        if customer.is_empty() {
+            return Err(f.at(r, c[0], "is empty; every line needs its customer (the customer id or name of customers.csv)"));
         }
         out.push(LegacyLine {
-            line,
-            customer: cust,
-            invoice_number: text(invoice),
-            description: text(desc),
-            product: text(product),
-            quantity: number(qi, quantity, false)?,
-            amount: number(ai, amount, true)?.unwrap_or_default(),
-            currency: cur,
-            line_type: line_type.map(text).filter(|t| !t.is_empty()),
+            line: (r + 2) as u64,
+            customer,
+            invoice_number: f.text(r, c[1]),
+            description: f.text(r, c[2]),
+            product: f.text(r, c[3]),
+            quantity: f.number(r, c[4], false, false)?,
+            amount: f.number(r, c[5], true, false)?.unwrap_or_default(),
+            currency,
+            line_type: c[7].map(|_| f.text(r, c[7])).filter(|t| !t.is_empty()),
         });
     }
     Ok(out)
 }
+
+/// A CSV read as text: header and rows, for typing cell by cell with file/line/column errors.
+pub(crate) struct TextCsv {
+    shown: String,
+    header: Vec<String>,
+    df: DataFrame,
+}
+
+impl TextCsv {
+    pub(crate) fn read(path: &Path, what: &str) -> Result<Self> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read the {what} `{shown}`: {e}")))?;
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+            return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
+        }
+        let df = CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(Some(0))
+            .with_raise_if_empty(false)
+            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+            .finish()
+            .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?;
+        let header = df.get_column_names().iter().map(|s| s.trim_start_matches('\u{feff}').trim().to_string()).collect();
+        Ok(Self { shown, header, df })
+    }
+
+    /// The column of each field (its header from `map`, else the field name); missing required ones are one
+    /// exit-2 error naming all of them and the config section that maps them.
+    pub(crate) fn columns(&self, fields: &[(&str, bool)], map: &BTreeMap<String, String>, section: &str) -> Result<Vec<Option<usize>>> {
+        let mut missing = Vec::new();
+        let found: Vec<Option<usize>> = fields
+            .iter()
+            .map(|(f, required)| {
+                let h = map.get(*f).map(String::as_str).unwrap_or(f);
+                let i = self.header.iter().position(|x| x.eq_ignore_ascii_case(h.trim()));
+                if i.is_none() && *required {
+                    missing.push(format!("`{h}`"));
+                }
+                i
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Failure::usage(format!(
+                "{}:1: no column {}; its columns are {}; rename them in the file or map them in `{section}` of cspbill.toml",
+                self.shown,
+                missing.join(", "),
+                self.header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
+            ))
+            .into());
+        }
+        Ok(found)
+    }
+
+    pub(crate) fn text(&self, r: usize, c: Option<usize>) -> String {
+        c.and_then(|c| self.df.columns()[c].str().ok()?.get(r).map(|s| s.trim().to_string())).unwrap_or_default()
+    }
+
+    /// An exit-2 error at row `r` (0-based; line r + 2 of the file, after the header) and column `c`.
+    pub(crate) fn at(&self, r: usize, c: Option<usize>, why: &str) -> anyhow::Error {
+        let c = c.unwrap_or_default();
+        Failure::usage(format!("{}:{}: column {} (`{}`): {why}", self.shown, r + 2, c + 1, self.header.get(c).map(String::as_str).unwrap_or(""))).into()
+    }
+
+    pub(crate) fn number(&self, r: usize, c: Option<usize>, required: bool, percent: bool) -> Result<Option<Decimal>> {
+        let t = self.text(r, c);
+        let at = |why: String| self.at(r, c, &why);
+        if t.is_empty() {
+            return if required && c.is_some() { Err(at("is empty; write a number (0 for nothing)".into())) } else { Ok(None) };
+        }
+        pipeline::reference::parse_decimal(&t, percent).map(Some).ok_or_else(|| {
+            at(format!("`{}` is not a plain decimal number; write it without currency signs or thousands separators, with a dot (1234.50)", crate::error::clip(&t)))
+        })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.df.height()
+    }
+}
+

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use pipeline::compare::drift::{CrmQuote, DriftOptions, PsaAgreement};
-use polars::prelude::*;
-use rust_decimal::Decimal;
 
 use crate::cli::PeriodArgs;
 use crate::error::Failure;
@@ -85,84 +83,8 @@ pub fn command(a: &DriftArgs) -> Result<()> {
     Ok(())
 }
 
-/// A CSV read as text: header and rows, for typing cell by cell with file/line/column errors.
-struct TextCsv {
-    shown: String,
-    header: Vec<String>,
-    df: DataFrame,
-}
-
-impl TextCsv {
-    fn read(path: &Path, what: &str) -> Result<Self> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read the {what} `{shown}`: {e}")))?;
-        if let Err(e) = std::str::from_utf8(&bytes) {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-            return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
-        }
-        let df = CsvReadOptions::default()
-            .with_has_header(true)
-            .with_infer_schema_length(Some(0))
-            .with_raise_if_empty(false)
-            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-            .finish()
-            .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?;
-        let header = df.get_column_names().iter().map(|s| s.trim_start_matches('\u{feff}').trim().to_string()).collect();
-        Ok(Self { shown, header, df })
-    }
-
-    /// The column of each field (its header from `map`, else the field name); missing required ones are one
-    /// exit-2 error naming all of them and the config section that maps them.
-    fn columns(&self, fields: &[(&str, bool)], map: &BTreeMap<String, String>, section: &str) -> Result<Vec<Option<usize>>> {
-        let mut missing = Vec::new();
-        let found: Vec<Option<usize>> = fields
-            .iter()
-            .map(|(f, required)| {
-                let h = map.get(*f).map(String::as_str).unwrap_or(f);
-                let i = self.header.iter().position(|x| x.eq_ignore_ascii_case(h.trim()));
-                if i.is_none() && *required {
-                    missing.push(format!("`{h}`"));
-                }
-                i
-            })
-            .collect();
-        if !missing.is_empty() {
-            return Err(Failure::usage(format!(
-                "{}:1: no column {}; its columns are {}; rename them in the file or map them in `{section}` of cspbill.toml",
-                self.shown,
-                missing.join(", "),
-                self.header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
-            ))
-            .into());
-        }
-        Ok(found)
-    }
-
-    fn text(&self, r: usize, c: Option<usize>) -> String {
-        c.and_then(|c| self.df.columns()[c].str().ok()?.get(r).map(|s| s.trim().to_string())).unwrap_or_default()
-    }
-
-    fn number(&self, r: usize, c: Option<usize>, required: bool, percent: bool) -> Result<Option<Decimal>> {
-        let t = self.text(r, c);
-        let at = |why: String| -> anyhow::Error {
-            let c = c.unwrap_or_default();
-            Failure::usage(format!("{}:{}: column {} (`{}`): {why}", self.shown, r + 2, c + 1, self.header[c])).into()
-        };
-        if t.is_empty() {
-            return if required && c.is_some() { Err(at("is empty; write a number".into())) } else { Ok(None) };
-        }
-        pipeline::reference::parse_decimal(&t, percent).map(Some).ok_or_else(|| {
-            at(format!("`{}` is not a plain decimal number; write it without currency signs or thousands separators, with a dot (1234.50)", crate::error::clip(&t)))
-        })
-    }
-
-    fn rows(&self) -> usize {
-        self.df.height()
-    }
-}
-
 fn read_psa(path: &Path, map: &BTreeMap<String, String>) -> Result<Vec<PsaAgreement>> {
-    let f = TextCsv::read(path, "PSA agreements export")?;
+    let f = crate::compare::TextCsv::read(path, "PSA agreements export")?;
     let c = f.columns(&[("customer", true), ("product", true), ("quantity", true), ("unit_price", false)], map, "[compare.psa_columns]")?;
     (0..f.rows())
         .map(|r| {
@@ -178,7 +100,7 @@ fn read_psa(path: &Path, map: &BTreeMap<String, String>) -> Result<Vec<PsaAgreem
 }
 
 fn read_crm(path: &Path, map: &BTreeMap<String, String>) -> Result<Vec<CrmQuote>> {
-    let f = TextCsv::read(path, "CRM quotes export")?;
+    let f = crate::compare::TextCsv::read(path, "CRM quotes export")?;
     let c = f.columns(
         &[("customer", true), ("product", true), ("quoted_quantity", false), ("quoted_monthly_amount", false), ("quoted_margin", false)],
         map,
