@@ -116,7 +116,8 @@ pub(crate) fn explain(c: &CspSide, l: &Side, ctx: &Ctx) -> (Cause, String) {
     let q = c.effective_quantity.filter(|q| !q.is_zero()).or(c.side.quantity.filter(|q| !q.is_zero()));
     if let Some(q) = q {
         if let Some(p) = c.amount_unrounded.checked_div(q) {
-            let ql = l.quantity.unwrap_or(q);
+            // A legacy line of no quantity reproduces nothing (0 × any price is 0).
+            let ql = l.quantity.filter(|q| !q.is_zero()).unwrap_or(q);
             for (mode, name) in [(RoundingMode::HalfEven, "half-even"), (RoundingMode::HalfUp, "half-up"), (RoundingMode::Down, "down")] {
                 let pr = round(p, ctx.dp, mode);
                 if let Some(x) = pr.checked_mul(ql) {

@@ -175,6 +175,13 @@ fn unexplained_and_tolerances() {
 }
 
 #[test]
+fn a_zero_legacy_line_is_not_called_rounding() {
+    // Legacy 0 × anything = 0.00 against 94.08: no unit-price rounding reproduces it, nor another markup.
+    let got = run(&[legacy("c1", "CFQ7:0001", Some("0"), "0", "USD")], &[SEATS]);
+    assert_eq!((got[0].2.as_str(), got[0].5), ("unexplained", d("94.08")));
+}
+
+#[test]
 fn customer_summary_sums_and_counts_outside_lines() {
     // Seats equal, usage missing from legacy: totals legacy 94.08, cspbill 209.08, one line outside.
     let df = rpt_parallel_run("2025-06", "r", &[legacy("c1", "CFQ7:0001", Some("10"), "94.08", "USD")], &lines(&[SEATS, USAGE]), &customers(), &rates(), &fx(), &opts()).unwrap();
