@@ -33,7 +33,7 @@ async function main() {
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync'],
-    viewport: { width: Number(opt('--width', '1280')), height: 900 },
+    viewport: { width: Number(opt('--width', '1280')), height: Number(opt('--clip-height', '900')) },
     deviceScaleFactor: Number(opt('--scale', '1')),
   });
   const report = { console_errors: [], page_errors: [], requests: [], failed_requests: [] };

@@ -172,6 +172,8 @@ manifest = json.load(open(sorted(
 check_rows = by_id("checks").find(lambda n: n.tag == "tr" and "data-check" in n.attrs)
 check([r.attrs["data-check"] for r in check_rows] == [c["name"] for c in manifest["checks"]], "check rows differ from the manifest's checks")
 check(all(r.attrs.get("class") == "pass" for r in check_rows) and len(check_rows) > 10, "a check row is not green")
+n = len(manifest["checks"])
+check(f"{n} of {n} hold" in by_id("checks-summary").all_text(), f"checks summary: {by_id('checks-summary').all_text()}")
 
 # --- reconciliation: Microsoft's Σ Subtotal per customer from the staged invoice lines -------------------------
 recon = rows(by_id("reconciliation"), "data-customer")

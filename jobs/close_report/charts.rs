@@ -43,7 +43,7 @@ pub fn margins(rows: &[&Margin]) -> Result<String> {
     let pad = (hi - lo) * 0.05;
     let (lo, hi) = (if lo < 0.0 { lo - pad } else { 0.0 }, hi + pad);
     let names: Vec<String> = rows.iter().map(|m| if m.currency.is_empty() { m.name.clone() } else { format!("{} ({})", m.name, m.currency) }).collect();
-    let height = 60 + 30 * n as u32;
+    let height = 60 + 32 * n as u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (820, height)).into_drawing_area();
@@ -52,11 +52,13 @@ pub fn margins(rows: &[&Margin]) -> Result<String> {
             .margin(8)
             .x_label_area_size(36)
             .y_label_area_size(280)
-            .build_cartesian_2d(lo..hi, (0..n).into_segmented())
+            // `0..k` is inclusive of k in plotters' integer coordinates: n bands are `0..n - 1`.
+            .build_cartesian_2d(lo..hi, (0..n.max(2) - 1).into_segmented())
             .map_err(err)?;
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .max_light_lines(1)
             .y_labels(n)
             .y_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) => (n - 1).checked_sub(*i).and_then(|k| names.get(k)).cloned().unwrap_or_default(),
@@ -64,7 +66,7 @@ pub fn margins(rows: &[&Margin]) -> Result<String> {
             })
             .x_label_formatter(&|v| format!("{v:.0} %"))
             .x_desc("realised margin (bar) and target (black tick), % of price")
-            .label_style(("sans-serif", 13))
+            .label_style(("sans-serif", 15))
             .draw()
             .map_err(err)?;
         chart
@@ -125,7 +127,8 @@ pub fn spend(s: &Spend, days_in_month: u32) -> Result<String> {
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| group(*v))
             .x_desc("day of month")
-            .label_style(("sans-serif", 12))
+            .max_light_lines(1)
+            .label_style(("sans-serif", 13))
             .draw()
             .map_err(err)?;
         if let Some(b) = budget {

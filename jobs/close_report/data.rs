@@ -179,7 +179,8 @@ pub struct ReportData {
     pub microsoft_subtotal: Option<Decimal>,
     pub recon: Vec<Recon>,
     pub checks: Vec<Check>,
-    pub anomalies: Vec<Anomaly>,
+    /// The worst anomalies, each with its customer's name.
+    pub anomalies: Vec<(Anomaly, String)>,
     pub anomaly_counts: [usize; 3],
     pub compliance: Vec<Compliance>,
     pub unpriced: Vec<Unpriced>,
@@ -554,7 +555,7 @@ pub fn gather(ctx: &RunContext, refs: &RefFrames, computed: &Computed, report: O
         microsoft_subtotal: m.control_totals.get("microsoft_invoice_subtotal").map(d),
         recon,
         checks: m.checks.clone(),
-        anomalies: an::worst(rows, TOP_ANOMALIES).into_iter().cloned().collect(),
+        anomalies: an::worst(rows, TOP_ANOMALIES).into_iter().map(|a| (a.clone(), if a.customer_id.is_empty() { String::new() } else { name(&a.customer_id) })).collect(),
         anomaly_counts: [count(Severity::Critical), count(Severity::Warning), count(Severity::Skipped)],
         compliance,
         unpriced,

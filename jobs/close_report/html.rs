@@ -81,9 +81,15 @@ tr.fail{background:#fdecec}
 figure{margin:0}
 figcaption{font-weight:600;margin:4px 0}
 svg{max-width:100%;height:auto}
+.scroll{overflow-x:auto}
+table.compact{font-size:13px}
+table.compact th{white-space:normal}
 .legend span{display:inline-block;margin-right:16px}
 .swatch{display:inline-block;width:22px;height:4px;vertical-align:middle;margin-right:6px}
 .muted{color:#5f6b76}
+p.summary{padding:8px 12px;border-radius:6px;margin:14px 0 0}
+p.summary.pass{background:#e3f4e6;border-left:6px solid #2e7d32}
+p.summary.fail{background:#fdecec;border-left:6px solid #c62828}
 code{font-size:12px}
 "#;
 
@@ -114,9 +120,18 @@ pub fn render(d: &ReportData) -> Result<String> {
             d.as_of.map(|a| format!(" on data to {a}")).unwrap_or_default()
         );
     }
-    h.push_str("<main>\n");
+    let failed = d.checks.iter().filter(|c| !c.ok).count();
+    let _ = write!(
+        h,
+        r##"<main>
+<p id="checks-summary" class="{}">Run checks: <b>{} of {} hold</b>{} · <a href="#checks">details</a></p>
+"##,
+        if failed == 0 { "summary pass" } else { "summary fail" },
+        d.checks.len() - failed,
+        d.checks.len(),
+        if failed == 0 { String::new() } else { format!(", <b>{failed} failed</b>") },
+    );
     totals(&mut h, d);
-    checks(&mut h, d);
     reconciliation(&mut h, d);
     margins(&mut h, d)?;
     spend(&mut h, d)?;
@@ -125,6 +140,7 @@ pub fn render(d: &ReportData) -> Result<String> {
     unpriced_and_rejects(&mut h, d);
     late(&mut h, d);
     exports(&mut h, d);
+    checks(&mut h, d);
     inputs(&mut h, d);
     h.push_str("</main></body></html>\n");
     Ok(h)
@@ -170,7 +186,7 @@ fn reconciliation(h: &mut String, d: &ReportData) {
     if let Some(t) = d.microsoft_subtotal {
         let _ = write!(h, r#"<p>Σ Subtotal of Microsoft's invoice files: <b data-field="microsoft_total" data-exact="{e}">{e}</b> (billing currency). Azure consumption is charged from <b>{}</b>.</p>"#, esc(&d.azure_usage_source), e = t.normalize());
     }
-    h.push_str(r#"<table><thead><tr><th>customer</th><th>billing currency</th><th class="num">Microsoft Σ Subtotal</th><th class="num">charged from invoice lines</th><th class="num">charged from daily usage</th><th class="num">charged − Microsoft</th><th class="num">of which daily usage vs Microsoft's summary lines</th><th class="num">unexplained</th></tr></thead><tbody>"#);
+    h.push_str(r#"<div class="scroll"><table class="compact"><thead><tr><th>customer</th><th>ccy</th><th class="num">Microsoft Σ Subtotal</th><th class="num">charged: invoice lines</th><th class="num">charged: daily usage</th><th class="num">charged − Microsoft</th><th class="num">of which usage vs summary lines</th><th class="num">unexplained</th></tr></thead><tbody>"#);
     for r in &d.recon {
         let unexplained = r.unexplained();
         let class = if unexplained.is_zero() { "pass" } else { "fail" };
@@ -191,7 +207,7 @@ fn reconciliation(h: &mut String, d: &ReportData) {
     if d.recon.is_empty() {
         h.push_str(r#"<tr><td colspan="8" class="muted">no Microsoft invoice file in this period's snapshot</td></tr>"#);
     }
-    h.push_str("</tbody></table><p class=\"muted\">Amounts in Microsoft's billing currency, exact. When Azure is charged from daily usage, Microsoft's metered invoice lines (a per-meter summary of the same consumption) are a control total only: the two files round differently, so the daily usage charged differs from them by a few cents (per subscription in the manifest, <code>azure_control_comparison</code>). A green row is fully explained by that difference.</p></section>\n");
+    h.push_str("</tbody></table></div><p class=\"muted\">Amounts in Microsoft's billing currency, exact. When Azure is charged from daily usage, Microsoft's metered invoice lines (a per-meter summary of the same consumption) are a control total only: the two files round differently, so the daily usage charged differs from them by a few cents (per subscription in the manifest, <code>azure_control_comparison</code>). A green row is fully explained by that difference.</p></section>\n");
 }
 
 fn margins(h: &mut String, d: &ReportData) -> Result<()> {
@@ -252,12 +268,13 @@ fn anomalies(h: &mut String, d: &ReportData) {
         h,
         r#"<section id="anomalies"><h2>Top anomalies ({c} critical, {w} warning, {s} skipped)</h2><table><thead><tr><th>severity</th><th>monitor</th><th>customer</th><th>message</th></tr></thead><tbody>"#
     );
-    for a in &d.anomalies {
+    for (a, name) in &d.anomalies {
         let class = if a.severity == pipeline::anomalies::Severity::Critical { "crit" } else { "warn" };
         let _ = write!(
             h,
-            r#"<tr data-monitor="{m}" data-severity="{s}"><td><span class="badge {class}">{s}</span></td><td>{m}</td><td><code>{}</code></td><td>{}</td></tr>"#,
+            r#"<tr data-monitor="{m}" data-severity="{s}" data-customer="{}"><td><span class="badge {class}">{s}</span></td><td>{m}</td><td>{}</td><td>{}</td></tr>"#,
             esc(&a.customer_id),
+            esc(name),
             esc(&a.message),
             s = a.severity.as_str(),
             m = esc(a.monitor),
