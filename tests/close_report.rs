@@ -237,3 +237,29 @@ fn a_failed_run_reports_failure_and_keeps_the_last_success_timestamp() {
     assert_eq!(last_success(&after), Some(before));
     assert!(!after.contains("cspbill_rows_ingested"), "a failed run must not repeat the last success's counts");
 }
+
+#[test]
+fn rejected_rows_and_unpriced_charges_are_listed_with_their_reasons() {
+    let (_t, ws) = workspace("");
+    // One usage row with an impossible date (a reject), one charged to a tenant missing from customers.csv
+    // (unpriced). A nightly run publishes both; a close would refuse them.
+    let file = ws.join("inputs/2025-06/G107047573_BilledUsage_202506.csv");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let northwind = ",5eddb406-4e06-4586-9b4f-2af187103543,Northwind Traders Inc.,";
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut rows = lines.iter().enumerate().skip(1).filter(|(_, l)| l.contains(northwind)).map(|(i, _)| i);
+    let (bad, stranger) = (rows.next().unwrap(), rows.next().unwrap());
+    let mut cells: Vec<String> = lines[bad].splitn(22, ',').map(str::to_string).collect();
+    assert_eq!(cells[20], "06/01/2025", "UsageDate is the 21st column of the sample's usage file");
+    cells[20] = "06/31/2025".into();
+    lines[bad] = cells.join(",");
+    lines[stranger] = lines[stranger].replacen(northwind, ",00000000-0000-4000-8000-00000000beef,Northwind Traders Inc.,", 1);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    run_ok(&ws, &[]);
+    let m = latest_manifest(&ws);
+    assert_eq!(m["control_totals"]["rejected_rows"], 1);
+    assert_eq!(m["control_totals"]["unpriced_parts"], 1);
+    let html = std::fs::read_to_string(page(&ws)).unwrap();
+    assert!(html.contains(r#"data-customer="00000000-0000-4000-8000-00000000beef""#));
+    render_and_check(&ws, "nightly");
+}
