@@ -263,3 +263,45 @@ fn rejected_rows_and_unpriced_charges_are_listed_with_their_reasons() {
     assert!(html.contains(r#"data-customer="00000000-0000-4000-8000-00000000beef""#));
     render_and_check(&ws, "nightly");
 }
+
+#[test]
+fn late_data_adjustments_are_listed_on_the_next_periods_report() {
+    use polars::prelude::*;
+    let (_t, ws) = workspace("");
+    run_ok(&ws, &["--mode", "close"]);
+    // Microsoft restates June: one usage row's cost doubles.
+    let file = ws.join("inputs/2025-06/G107047573_BilledUsage_202506.csv");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let bt = lines[0].split(',').position(|h| h == "BillingPreTaxTotal").unwrap();
+    let i = lines.iter().position(|l| l.contains(",5eddb406-4e06-4586-9b4f-2af187103543,Northwind Traders Inc.,")).unwrap();
+    let mut cells: Vec<String> = lines[i].splitn(bt + 2, ',').map(str::to_string).collect();
+    let cost: rust_decimal::Decimal = cells[bt].parse().unwrap();
+    cells[bt] = (cost * rust_decimal::Decimal::TWO).to_string();
+    lines[i] = cells.join(",");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    std::fs::create_dir_all(ws.join("inputs/2025-07")).unwrap();
+    let cfg = ws.join("cspbill.toml");
+    let wh = ws.join("warehouse");
+    cspbill_ok(&["run", "--config", cfg.to_str().unwrap(), "--period", "2025-07", "--warehouse", wh.to_str().unwrap(), "--invoice-date", "2025-08-01"]);
+
+    let html = std::fs::read_to_string(ws.join("warehouse/marts/reports/period=2025-07/close.html")).unwrap();
+    let late = &html[html.find(r#"<section id="late-data">"#).unwrap()..];
+    let late = &late[..late.find("</section>").unwrap()];
+    assert!(late.contains(r#"<tr data-corrected-period="2025-06"><td>2025-06</td><td>yes</td>"#), "{late}");
+    let path = ws.join("warehouse/marts/fct_invoice_lines/period=2025-07/part-0.parquet");
+    let df = ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap();
+    let adj = df.lazy().filter(col("line_type").eq(lit("adjustment"))).collect().unwrap();
+    assert!(adj.height() >= 1);
+    let numbers = adj.column("invoice_number").unwrap().str().unwrap().clone();
+    let amounts = adj.column("amount").unwrap().clone();
+    for r in 0..adj.height() {
+        let amount = pipeline::decimal::any_to_decimal(&amounts.get(r).unwrap()).unwrap().normalize();
+        let row = format!(r#"<tr data-invoice="{}">"#, numbers.get(r).unwrap());
+        let at = late.find(&row).unwrap_or_else(|| panic!("no adjustment row {row} in {late}"));
+        let tail = &late[at..];
+        let tail = &tail[..tail.find("</tr>").unwrap()];
+        assert!(tail.contains(&format!(r#"data-exact="{amount}""#)) && tail.contains("<td>2025-06</td>"), "{tail} vs {amount}");
+    }
+    assert_eq!(late.matches("<tr data-invoice=").count(), adj.height());
+}
