@@ -39,6 +39,9 @@ pub struct Config {
     /// Change control of reference files (`[change_control]`, see `jobs/change_control.rs`); off by default.
     #[serde(default)]
     pub change_control: crate::change_control::Settings,
+    /// Run-health metrics: a Prometheus textfile and an optional Pushgateway (`[metrics]`, see `jobs/metrics.rs`).
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsSettings,
     /// The folder the file is in: relative paths resolve against it. Not read from the file.
     #[serde(skip)]
     pub base_dir: PathBuf,

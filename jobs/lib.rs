@@ -6,6 +6,7 @@
 pub mod anomalies;
 pub mod change_control;
 pub mod cli;
+pub mod close_report;
 pub mod config;
 pub mod error;
 pub mod explain;
@@ -17,6 +18,7 @@ pub mod inputs;
 pub mod late;
 pub mod ledger;
 pub mod manifest;
+pub mod metrics;
 pub mod reference;
 pub mod run;
 pub mod snapshot;

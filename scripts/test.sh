@@ -44,6 +44,21 @@ else
   echo "warning: focus-validator not installed; tests/e2e_focus.rs skips the official FOCUS check" >&2
 fi
 
+# Headless Chromium for tests/close_report.rs (the close report rendered as finance staff see it), driven by
+# playwright-core from scripts/node_modules. Debian's package; installed once, quietly.
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >"$TMP/apt-chromium.log" 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >"$TMP/apt-chromium.log" 2>&1; } \
+      || { echo "could not install chromium (see $TMP/apt-chromium.log)" >&2; [[ "${CI:-}" != true ]] || exit 2; }
+  elif [[ "${CI:-}" == true ]]; then
+    echo "chromium is missing and cannot be installed here (needs apt-get as root): CI renders the close report" >&2
+    exit 2
+  fi
+fi
+export CSPBILL_CHROMIUM="${CSPBILL_CHROMIUM:-$(command -v chromium || echo /usr/bin/chromium)}"
+setup_node   # playwright-core (scripts/package-lock.json), also when the servers are not started
+
 LOG="$TMP/cargo-test.log"
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?
