@@ -343,6 +343,8 @@ table!(
     rpt_trial_balance, Zone::Marts, {
     period: Str, account: Str, currency: Str, debit: Dec, credit: Dec, balance: Dec, lines: Int,
 });
+
+table!(
     /// The customer-facing FOCUS 1.2 Cost and Usage dataset (issue #13, `reference/focus.md`): the MSP is the
     /// invoice issuer and provider, the customer the billing account. The 57 FOCUS 1.2 columns in the order of the
     /// specification's column list, then the FOCUS 1.3 entity columns, then cspbill's own `x_` columns. Column
