@@ -5,6 +5,7 @@
 
 pub mod anomalies;
 pub mod cli;
+pub mod documents;
 pub mod config;
 pub mod error;
 pub mod explain;

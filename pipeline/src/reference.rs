@@ -234,6 +234,10 @@ pub fn stage_reference(
     Ok(StagedRef { df, warnings, duplicates })
 }
 
+
+/// Locales the invoice documents format numbers and dates for (`customers.csv` `locale`, issue #14).
+pub const LOCALES: &[&str] = &["en-US", "en-GB", "de-DE", "fr-FR", "nl-NL", "ja-JP"];
+
 /// Row and table rules of DESIGN §4.2 that do not belong to a stage.
 fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Vec<String>) -> Result<(), Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -292,6 +296,12 @@ fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Ve
             one_of(&mut errors, "fx_policy", &s(df, "fx_policy"), &["microsoft", "market", "fixed"], true);
             one_of(&mut errors, "consent_status", &s(df, "consent_status"), &["active", "expired", "revoked"], true);
             currency(&mut errors, "invoice_currency", &s(df, "invoice_currency"));
+            // The document locale (issue #14): number and date formats of the PDF and HTML invoices.
+            for (i, v) in s(df, "locale").iter().enumerate() {
+                if let Some(v) = v.as_deref().filter(|v| !LOCALES.iter().any(|l| l.eq_ignore_ascii_case(&v.replace('_', "-")))) {
+                    errors.push(err(i, "locale", format!("unknown locale `{v}`; use one of {} or leave it empty (en-US)", LOCALES.join(", "))));
+                }
+            }
             let pol = s(df, "fx_policy");
             let fixed = df.column("fixed_fx_rate").ok().map(|c| c.is_not_null()).map(|m| m.iter().map(|v| v.unwrap_or(false)).collect::<Vec<_>>()).unwrap_or_default();
             for (i, p) in pol.iter().enumerate() {
