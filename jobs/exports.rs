@@ -1004,8 +1004,12 @@ e1,Enterprise Ltd,USD,enterprise,14",
             vec![
                 format!("{evil_dir}/INV-202506-0001.csv"),
                 format!("{evil_dir}/INV-202506-0001.xlsx"),
+                format!("{evil_dir}/INV-202506-0001.pdf"),
+                format!("{evil_dir}/INV-202506-0001.html"),
                 "period=2025-06/customer=e1/INV-202506-0002.csv".to_string(),
                 "period=2025-06/customer=e1/INV-202506-0002.xlsx".to_string(),
+                "period=2025-06/customer=e1/INV-202506-0002.pdf".to_string(),
+                "period=2025-06/customer=e1/INV-202506-0002.html".to_string(),
             ]
         );
     }
@@ -1039,10 +1043,11 @@ e1,Enterprise Ltd,USD,enterprise,14",
         let tmp = tempfile::tempdir().unwrap();
         let files = write(tmp.path());
         let text = fs::read_to_string(&files[0]).unwrap();
-        // 12.345 → 12.34 (half-even), 361.234 → 361.23; dates: invoice 2025-07-08, due +30 days.
-        let expected = "\u{feff}invoice_number,invoice_date,due_date,period,customer_id,currency,line_no,line_type,description,quantity,unit,unit_price,amount,tax,subscription_id,unit_path,corrected_period
-INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,1,usage,\"Azure consumption, 2025-06-02\",100,1 Hour,,12.34,0.00,,,
-INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microsoft 365 E3 – E3, 2025-06-01 to 2025-06-30\",10,Licenses,36.1234,361.23,0.00,,,
+        // 12.345 → 12.34 (half-even), 361.234 → 361.23; dates: invoice 2025-07-08, due +30 days. The seat price
+        // 361.234 / 10 = 36.1234 shows EUR's 2 places + 2; 10 × 36.1234 is the whole amount, so no proration note.
+        let expected = "\u{feff}invoice_number,invoice_date,due_date,period,customer_id,currency,line_no,line_type,description,quantity,unit,unit_price,amount,tax,subscription_id,unit_path,corrected_period,note
+INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,1,usage,\"Azure consumption, 2025-06-02\",100,1 Hour,,12.34,0.00,,,,
+INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microsoft 365 E3 – E3, 2025-06-01 to 2025-06-30\",10,Licenses,36.1234,361.23,0.00,,,,
 ";
         assert_eq!(text, expected);
     }
@@ -1079,7 +1084,7 @@ INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microso
         let out = invoiced();
         let totals = cells::decs(&out.invoices, fi::total).unwrap();
         let subtotals = cells::decs(&out.invoices, fi::subtotal).unwrap();
-        for (k, xlsx) in [files[1].clone(), files[3].clone()].iter().enumerate() {
+        for (k, xlsx) in [files[1].clone(), files[5].clone()].iter().enumerate() {
             let rows = sheet(xlsx, "Invoice");
             assert_eq!(dec_of(&find_row(&rows, 5, "Total")[6]), totals[k].unwrap());
             assert_eq!(
@@ -1104,7 +1109,7 @@ INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microso
         }
         let smb: Xlsx<_> = open_workbook(&files[1]).unwrap();
         assert_eq!(smb.sheet_names(), vec!["Invoice".to_string()]);
-        let detail = sheet(&files[3], "Detail");
+        let detail = sheet(&files[5], "Detail");
         assert_eq!(detail.len(), 3); // header + 2 parts
         // 0.123456789012345678 has no exact double: it is written as text, unchanged.
         let prices: Vec<Decimal> = detail[1..].iter().map(|r| dec_of(&r[11])).collect();

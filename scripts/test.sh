@@ -44,6 +44,20 @@ else
   echo "warning: focus-validator not installed; tests/e2e_focus.rs skips the official FOCUS check" >&2
 fi
 
+# Invoice documents (issue #14): poppler-utils (pdftotext, pdftoppm, pdfinfo) and Debian's chromium read the PDF
+# and HTML invoices back in tests/e2e_documents.rs. Installed once, quietly; under CI=true a missing tool fails.
+if ! command -v pdftotext >/dev/null || ! command -v pdftoppm >/dev/null || ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils chromium) >"$TMP/apt-documents.log" 2>&1; then
+      echo "could not install poppler-utils and chromium (see $TMP/apt-documents.log)" >&2
+      if [[ "${CI:-}" == true ]]; then exit 2; fi
+    fi
+  elif [[ "${CI:-}" == true ]]; then
+    echo "poppler-utils and chromium are missing and cannot be installed here (needs apt-get as root)" >&2
+    exit 2
+  fi
+fi
+
 LOG="$TMP/cargo-test.log"
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?

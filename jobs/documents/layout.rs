@@ -266,8 +266,8 @@ fn title_block(f: &mut Flow<'_>, doc: &Doc<'_>) -> Result<()> {
             ("", tagged("Contact", &c.contact_email)),
             ("", tagged("Customer id", &doc.customer_id)),
         ],
-        ML + 175.0,
-        165.0,
+        ML + 170.0,
+        185.0,
         8.0,
     );
     let terms = c.payment_terms_days.unwrap_or(30);
@@ -279,8 +279,8 @@ fn title_block(f: &mut Flow<'_>, doc: &Doc<'_>) -> Result<()> {
             ("Currency", doc.currency.clone()),
             ("Purchase order", c.po_number.clone()),
         ],
-        ML + 355.0,
-        MR - ML - 355.0,
+        ML + 370.0,
+        MR - ML - 370.0,
         8.0,
     );
     let top = f.y;

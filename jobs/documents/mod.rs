@@ -214,3 +214,119 @@ pub fn write_documents(folder: &Path, stem: &str, doc: &Doc<'_>, detail_of: &Det
     scratch.close().ok();
     Ok([pdf, html])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::{Column, DataFrame};
+    use schemas::{Ty, fct_invoice_detail as det};
+
+    /// `n` resource rows over two invoice lines, in a deliberately unsorted order.
+    fn detail(n: usize) -> DataFrame {
+        let mut cols = Vec::new();
+        for (name, ty) in det::COLUMNS {
+            let c = match *ty {
+                Ty::Str => cells::str_column(
+                    name,
+                    &(0..n)
+                        .map(|i| match *name {
+                            det::invoice_number => Some("INV-1".to_string()),
+                            det::invoice_line_id => Some(format!("INV-1-{:04}", 1 + (i * 7) % 2)),
+                            det::part_id => Some(format!("p{:06}", (i * 7919) % n)),
+                            det::resource_uri => Some(format!("/subscriptions/s/resourceGroups/rg/providers/x/vm-{}", i % 13)),
+                            det::meter_category => Some("Virtual Machines".into()),
+                            det::tag_rule_id => Some(if i % 3 == 0 { "T1".into() } else { String::new() }),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Ty::Dec => cells::dec_column(name, &(0..n).map(|i| Some(Decimal::new(1000 + i as i64, 3))).collect::<Vec<_>>()),
+                Ty::Date => cells::date_column(name, &(0..n).map(|i| NaiveDate::from_ymd_opt(2025, 6, 1 + (i % 30) as u32)).collect::<Vec<_>>()),
+                Ty::Int => Column::new((*name).into(), (0..n).map(|i| i as i64).collect::<Vec<_>>()),
+                _ => unreachable!("no such column in fct_invoice_detail"),
+            };
+            cols.push(c);
+        }
+        DataFrame::new_infer_height(cols).unwrap()
+    }
+
+    fn doc<'a>(issuer: &'a Issuer, rules: &'a HashMap<String, String>) -> Doc<'a> {
+        let line = |no: i64, amount: &str| RawLine {
+            line_no: no,
+            line_type: "usage".into(),
+            description: format!("Virtual Machines, subscription s, unit {no}"),
+            quantity: Some(Decimal::new(5, 0)),
+            unit: "1 Hour".into(),
+            amount: amount.parse().unwrap(),
+            amount_unrounded: Some(amount.parse().unwrap()),
+            part_count: 1,
+            invoice_line_id: format!("INV-1-{no:04}"),
+            ..RawLine::default()
+        };
+        Doc {
+            number: "INV-1".into(),
+            period: "2025-06".into(),
+            customer_id: "c1".into(),
+            customer_name: "Contoso".into(),
+            currency: "EUR".into(),
+            template: "enterprise".into(),
+            status: "provisional".into(),
+            invoice_date: NaiveDate::from_ymd_opt(2025, 7, 1).unwrap(),
+            due_date: NaiveDate::from_ymd_opt(2025, 7, 31),
+            subtotal: "30.00".parse().unwrap(),
+            tax: Decimal::ZERO,
+            total: "30.00".parse().unwrap(),
+            unpriced: 0,
+            lines: vec![line(1, "10.00"), line(2, "20.00")],
+            issuer,
+            customer: CustomerInfo { locale: Locale::DeDe, ..CustomerInfo::default() },
+            tag_rules: rules,
+        }
+    }
+
+    fn render(dir: &Path, df: &DataFrame, chunk: usize) -> (Vec<u8>, Vec<u8>) {
+        let issuer = Issuer { name: "Northwind MSP".into(), ..Issuer::default() };
+        let rules = HashMap::from([("T1".to_string(), "tag cost-center = CC-100".to_string())]);
+        let d = doc(&issuer, &rules);
+        let of = |_: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| -> Result<()> {
+            let mut off = 0;
+            while off < df.height() {
+                f(&df.slice(off as i64, chunk))?;
+                off += chunk;
+            }
+            Ok(())
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        let [pdf, html] = write_documents(dir, "INV-1", &d, &of).unwrap();
+        // The scratch folder of the sorted runs is gone.
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 2);
+        (std::fs::read(pdf).unwrap(), std::fs::read(html).unwrap())
+    }
+
+    #[test]
+    fn enterprise_documents_do_not_depend_on_chunking_and_count_their_pages() {
+        let tmp = tempfile::tempdir().unwrap();
+        let df = detail(2_000);
+        let (pdf_a, html_a) = render(&tmp.path().join("a"), &df, 7);
+        let (pdf_b, html_b) = render(&tmp.path().join("b"), &df, 5_000);
+        assert!(pdf_a == pdf_b, "the PDF depends on how the detail was chunked");
+        assert!(html_a == html_b, "the HTML depends on how the detail was chunked");
+        assert!(pdf_a.starts_with(b"%PDF-1.7") && pdf_a.ends_with(b"%%EOF\n"));
+        let text = String::from_utf8_lossy(&pdf_a);
+        // 2,000 rows at 60 a page over two sections, plus summary, contents, lines and tag notes: the page
+        // tree counts what the footers say.
+        let tree = text.find("/Type /Pages").expect("a page tree");
+        let count: usize = text[tree..].split("/Count ").nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()).unwrap().parse().unwrap();
+        assert!(count > 2_000 / 70 + 4, "{count} pages for 2,000 rows");
+        assert_eq!(text.matches("/Type /Page\n").count() + text.matches("/Type /Page ").count() + text.matches("/Type /Page/").count(), count, "one page object per counted page");
+        // The HTML streams every row, sorted by line then date: line 1's 1,000 rows come first.
+        let html = String::from_utf8(html_a).unwrap();
+        assert_eq!(html.matches("<tr><td>2025-06-").count(), 2_000);
+        let first = html.find("id=\"INV-1-0001\"").unwrap();
+        let second = html.find("id=\"INV-1-0002\"").unwrap();
+        assert!(first < second);
+        assert!(html.contains("· 1000 resource rows ·"), "sections count their rows");
+        // de-DE: 30,00 EUR.
+        assert!(html.contains("30,00 EUR"), "locale formatting");
+    }
+}

@@ -209,7 +209,8 @@ pub fn shown(l: &RawLine, currency: &str) -> Shown {
     }
 }
 
-/// The note of a line, in words (`prorated: 98.2 % of 37 × 24.5000`, `sums 412 charges`), formatted for `loc`.
+/// The note of a line, in words (`prorated: 98.2% of 37 × 24.5000`, `sums 412 charges, no common unit`),
+/// formatted for `loc`.
 pub fn note(s: &Shown, currency: &str, qty_places: u32, loc: Locale) -> String {
     if let (Some(f), Some(q), Some(p)) = (s.prorated, s.quantity, s.unit_price) {
         return format!(
@@ -220,8 +221,8 @@ pub fn note(s: &Shown, currency: &str, qty_places: u32, loc: Locale) -> String {
         );
     }
     match s.charges {
-        Some(1) => "1 charge, mixed units".into(),
-        Some(n) => format!("sums {n} charges, mixed units"),
+        Some(1) => "1 charge, no unit of measure".into(),
+        Some(n) => format!("sums {n} charges, no common unit"),
         None => String::new(),
     }
 }
@@ -271,7 +272,8 @@ mod tests {
         assert_eq!(fixed(display_unit_price(d("3553.088"), "JPY"), unit_price_places("JPY")), "3553.09");
         assert_eq!(fixed(display_unit_price(d("32.252248"), "GBP"), unit_price_places("GBP")), "32.2522");
         assert_eq!(fixed(display_unit_price(d("24.5"), "EUR"), unit_price_places("EUR")), "24.5000");
-        assert_eq!(fixed(display_unit_price(d("0.000125"), "USD"), unit_price_places("USD")), "0.0001"); // half-even
+        assert_eq!(fixed(display_unit_price(d("0.00125"), "USD"), unit_price_places("USD")), "0.0012"); // half-even
+        assert_eq!(fixed(display_unit_price(d("0.00135"), "USD"), unit_price_places("USD")), "0.0014");
     }
 
     #[test]
@@ -286,15 +288,15 @@ mod tests {
         };
         let s = shown(&usage, "USD");
         assert_eq!((s.quantity, s.charges, s.prorated), (None, Some(412), None));
-        assert_eq!(note(&s, "USD", 0, Locale::EnUs), "sums 412 charges, mixed units");
+        assert_eq!(note(&s, "USD", 0, Locale::EnUs), "sums 412 charges, no common unit");
 
-        // 37 seats at 24.50, Microsoft's factor 0.982 on every seat: 37 × 24.50 × 0.982 = 890.1870.
+        // 37 seats at 24.50, Microsoft's factor 0.982 on every seat: 37 × 24.50 × 0.982 = 906.5 × 0.982 = 890.183.
         let seats = RawLine {
             quantity: Some(d("37")),
             unit: "Licenses".into(),
             unit_price: Some(d("24.5")),
-            amount_unrounded: Some(d("890.1870")),
-            amount: d("890.19"),
+            amount_unrounded: Some(d("890.183")),
+            amount: d("890.18"),
             part_count: 2,
             ..RawLine::default()
         };
