@@ -95,7 +95,7 @@ impl Metrics {
         out.push('…');
         out
     }
-    /// `s` broken into lines of at most `width` (at spaces; a word longer than a line is cut).
+    /// `s` broken into lines of at most `width` (at spaces; a word longer than a line between characters).
     pub fn wrap(&mut self, s: &str, width: f32, size: f32, bold: bool) -> Vec<String> {
         let mut lines = Vec::new();
         let mut cur = String::new();
@@ -109,7 +109,25 @@ impl Metrics {
             }
         }
         lines.push(cur);
-        lines.into_iter().map(|l| self.fit(&l, width, size, bold)).collect()
+        // A word longer than a line (an e-mail address, a resource id) is broken between characters.
+        let mut out = Vec::with_capacity(lines.len());
+        for l in lines {
+            if self.width(&l, size, bold) <= width {
+                out.push(l);
+                continue;
+            }
+            let mut part = String::new();
+            for c in l.chars() {
+                part.push(c);
+                if self.width(&part, size, bold) > width {
+                    part.pop();
+                    out.push(std::mem::take(&mut part));
+                    part.push(c);
+                }
+            }
+            out.push(part);
+        }
+        out
     }
 }
 
