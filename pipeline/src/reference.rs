@@ -672,6 +672,22 @@ mod tests {
     }
 
     #[test]
+    fn customers_document_fields_are_optional_and_the_locale_is_checked() {
+        let (h, r) = rows(&[
+            "customer_id,customer_name,invoice_currency,template,billing_address,tax_id,po_number,contact_email,locale",
+            "c1,Contoso,EUR,enterprise,Friedrichstraße 10 Berlin,DE811001000,PO-1,ap@contoso.example,de-DE",
+            "c2,Fabrikam,USD,smb,,,,,",
+        ]);
+        let s = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap();
+        let loc: Vec<Option<&str>> = s.df.column("locale").unwrap().str().unwrap().iter().collect();
+        assert_eq!(loc, vec![Some("de-DE"), None]);
+        let (h, r) = rows(&["customer_id,customer_name,invoice_currency,template,locale", "c1,Contoso,EUR,smb,pt-BR"]);
+        let e = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap_err();
+        assert_eq!((e[0].line, e[0].column.as_str()), (2, "locale"), "{e:?}");
+        assert!(e[0].message.contains("unknown locale `pt-BR`"), "{}", e[0].message);
+    }
+
+    #[test]
     fn bad_cells_name_file_line_and_column() {
         let (h, r) = rows(&[
             "customer_id,customer_name,invoice_currency,template,fx_policy",
