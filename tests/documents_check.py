@@ -125,6 +125,8 @@ def main():
     lines = con.sql(f"""select invoice_number, line_no, line_type, quantity, unit, unit_price, amount, invoice_line_id
                         from {pq('fct_invoice_lines')} order by 1, 2""").fetchall()
     detail = dict(con.sql(f"select invoice_line_id, count(*) from {pq('fct_invoice_detail')} group by 1").fetchall())
+    if not invoices:
+        fail(f"no invoices in period {period}")
     by_invoice = {}
     for l in lines:
         by_invoice.setdefault(l[0], []).append(l)

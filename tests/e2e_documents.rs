@@ -14,8 +14,14 @@ use support::*;
 const PERIOD: &str = "2025-06";
 
 fn run_into(ws: &Path, warehouse: &Path) {
+    run_period(ws, warehouse, PERIOD, &[]);
+}
+
+fn run_period(ws: &Path, warehouse: &Path, period: &str, extra: &[&str]) {
     let cfg = ws.join("cspbill.toml");
-    cspbill_ok(&["run", "--config", cfg.to_str().unwrap(), "--period", PERIOD, "--warehouse", warehouse.to_str().unwrap()]);
+    let mut args = vec!["run", "--config", cfg.to_str().unwrap(), "--period", period, "--warehouse", warehouse.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    cspbill_ok(&args);
 }
 
 fn documents(warehouse: &Path) -> Vec<PathBuf> {
@@ -48,7 +54,11 @@ fn poppler() -> bool {
 }
 
 fn check(py: &str, warehouse: &Path) -> (bool, String) {
-    let out = Command::new(py).arg(repo().join("tests/documents_check.py")).arg(warehouse).arg(PERIOD).output().expect("running tests/documents_check.py");
+    check_period(py, warehouse, PERIOD)
+}
+
+fn check_period(py: &str, warehouse: &Path, period: &str) -> (bool, String) {
+    let out = Command::new(py).arg(repo().join("tests/documents_check.py")).arg(warehouse).arg(period).output().expect("running tests/documents_check.py");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -89,4 +99,88 @@ fn every_sample_invoice_has_a_pdf_and_html_that_match_the_tables_and_rerender_id
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (ok, out) = check(&py, &a);
     assert!(!ok && out.contains("amount"), "a tampered amount must fail the check:\n{out}");
+}
+
+#[test]
+fn late_data_adjustments_get_their_own_section_naming_the_corrected_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    copy_dir(&repo().join("sample_data"), &ws);
+    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
+    let wh = tmp.path().join("wh");
+    // June is closed, then Microsoft restates one usage row; July bills the difference as adjustment lines.
+    run_period(&ws, &wh, PERIOD, &["--mode", "close"]);
+    restate_one_usage_row(&ws.join("inputs/2025-06"));
+    std::fs::create_dir_all(ws.join("inputs/2025-07")).unwrap();
+    run_period(&ws, &wh, "2025-07", &["--invoice-date", "2025-08-01"]);
+    let html: Vec<PathBuf> = walk(&wh.join("marts/exports/period=2025-07")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "html")).collect();
+    assert!(!html.is_empty(), "July has an invoice carrying the adjustment");
+    let with_section = html.iter().filter(|p| std::fs::read_to_string(p).unwrap().contains("Adjustments for 2025-06 (late Microsoft data)")).count();
+    assert!(with_section >= 1, "no HTML names the corrected period");
+    let (Some(py), true) = (python(), poppler()) else { return };
+    for h in &html {
+        let pdf = h.with_extension("pdf");
+        let text = String::from_utf8(Command::new("pdftotext").args(["-layout"]).arg(&pdf).arg("-").output().unwrap().stdout).unwrap();
+        let has_adjustment_line = std::fs::read_to_string(h).unwrap().contains("Adjustments for 2025-06");
+        assert_eq!(text.contains("Adjustments for 2025-06 (late Microsoft data)"), has_adjustment_line, "{}", pdf.display());
+    }
+    let (ok, out) = check_period(&py, &wh, "2025-07");
+    assert!(ok, "{out}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Doubles the first usage row costing more than 1 (as `tests/e2e_sample.rs` restates June).
+fn restate_one_usage_row(dir: &Path) {
+    let file = walk(dir).into_iter().find(|p| p.to_string_lossy().contains("Usage")).expect("a usage file in the sample");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(String::from).collect();
+    let header: Vec<String> = split_csv(lines[0].trim_end());
+    let idx = |n: &str| header.iter().position(|h| h == n).unwrap();
+    let (bt, pt, q) = (idx("BillingPreTaxTotal"), idx("PricingPreTaxTotal"), idx("Quantity"));
+    for l in lines.iter_mut().skip(1) {
+        let end = if l.ends_with("\r\n") { "\r\n" } else if l.ends_with('\n') { "\n" } else { "" };
+        let mut f = split_csv(l.trim_end_matches(['\r', '\n']));
+        let cost: rust_decimal::Decimal = f[bt].trim_matches('"').parse().unwrap_or_default();
+        if cost > rust_decimal::Decimal::ONE {
+            for i in [bt, pt, q] {
+                let v: rust_decimal::Decimal = f[i].trim_matches('"').parse().unwrap();
+                f[i] = (v * rust_decimal::Decimal::TWO).to_string();
+            }
+            *l = format!("{}{end}", f.iter().map(|x| if x.contains(',') || x.contains('"') { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.clone() }).collect::<Vec<_>>().join(","));
+            break;
+        }
+    }
+    std::fs::write(&file, lines.concat()).unwrap();
+}
+
+/// A minimal CSV field splitter for one record (quotes, doubled quotes).
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut q = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if q && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => q = !q,
+            ',' if !q => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
 }
