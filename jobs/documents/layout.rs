@@ -609,6 +609,16 @@ pub fn write_pdf(path: &Path, doc: &Doc<'_>, detail: Option<&SortedDetail>) -> R
     let mut dry = Flow { pdf: None, dry: Metrics::new()?, pages: 0, total: 0, y: 0.0, footer: footer.clone(), head: head.clone(), table: None, marks: Vec::new() };
     body(&mut dry, doc, detail, &[])?;
     let (total, marks) = (dry.pages, dry.marks);
+    // The templates' page budgets (smb two pages, trial one) hold for invoices grouped by family and SKU; an
+    // invoice with unusually many lines still gets every line, and the run says so.
+    let budget = match doc.template.as_str() {
+        "trial" => Some(1),
+        "smb" => Some(2),
+        _ => None,
+    };
+    if let Some(b) = budget.filter(|b| total > *b) {
+        tracing::warn!(invoice = %doc.number, pages = total, budget = b, "the {} invoice `{}` needs {total} pages, more than its template's {b}", doc.template, doc.number);
+    }
     let mut pdf = PdfWriter::create(path, total)?;
     let mut real = Flow { pdf: Some(&mut pdf), dry: Metrics::new()?, pages: 0, total, y: 0.0, footer, head, table: None, marks: Vec::new() };
     body(&mut real, doc, detail, &marks)?;
