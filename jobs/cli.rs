@@ -96,6 +96,11 @@ pub enum Command {
     },
     /// Write a deterministic synthetic Partner Center workspace.
     Generate(crate::generate::GenerateArgs),
+    /// Change control of reference files: propose, approve, reject, list, show (`[change_control]`).
+    Ref {
+        #[command(subcommand)]
+        cmd: crate::change_control::RefCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -199,6 +204,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Anomalies { p, fail_on } => crate::run::anomalies(&p, fail_on),
         Command::Explain { p, line, invoice_line, format } => crate::explain::explain(&p, line, invoice_line, format),
         Command::Generate(g) => crate::generate::generate(&g),
+        Command::Ref { cmd } => crate::change_control::command(cmd),
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Config {
     /// Where new anomalies are sent (`[alerts]`).
     #[serde(default)]
     pub alerts: Alerts,
+    /// Change control of reference files (`[change_control]`, see `jobs/change_control.rs`); off by default.
+    #[serde(default)]
+    pub change_control: crate::change_control::Settings,
     /// The folder the file is in: relative paths resolve against it. Not read from the file.
     #[serde(skip)]
     pub base_dir: PathBuf,

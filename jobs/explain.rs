@@ -31,14 +31,21 @@ pub fn explain(p: &PeriodArgs, line: Option<String>, invoice_line: Option<String
         .into());
     }
     let rate_cards = load_rate_cards(p)?;
+    // The approved rate-card version and the change behind each winning rule (records the access in `_audit/`).
+    let cc = crate::change_control::Provenance::for_period(p, &format!("line {id}"))?;
     let mut texts = Vec::new();
     let mut values = Vec::new();
     for i in 0..rows.height() {
         let row = rows.slice(i as i64, 1);
         let e = pipeline::rate::explain::explain_rated(&row, &rate_cards)?;
+        let rule = row.column("rate_rule_id").ok().and_then(|c| c.str().ok()?.get(0).map(str::to_string)).unwrap_or_default();
         match f {
-            ExplainFormat::Text => texts.push(e.to_text()),
-            ExplainFormat::Json => values.push(serde_json::to_value(&e)?),
+            ExplainFormat::Text => texts.push(format!("{}{}", e.to_text(), cc.text(&rule))),
+            ExplainFormat::Json => {
+                let mut v = serde_json::to_value(&e)?;
+                v["change_control"] = cc.json(&rule);
+                values.push(v);
+            }
         }
     }
     match f {
@@ -89,6 +96,7 @@ fn explain_invoice_line(p: &PeriodArgs, id: &str, f: ExplainFormat) -> Result<()
     use pipeline::decimal::any_to_decimal;
     use schemas::{fct_invoice_detail as det, fct_invoice_lines as fl};
     let lines = read(p, fl::ZONE, fl::TABLE)?.lazy().filter(col(fl::invoice_line_id).eq(lit(id.to_string()))).collect()?;
+    crate::change_control::Provenance::for_period(p, &format!("invoice line {id}"))?;
     if lines.height() == 0 {
         return Err(Failure::usage(format!(
             "no invoice line `{id}` in period {}; copy an `invoice_line_id` from fct_invoice_lines of that period",

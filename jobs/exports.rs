@@ -21,8 +21,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{Datelike, NaiveDate};
 use pipeline::invoice::cells;
 use polars::prelude::{
-    DataFrame, Engine, IntoLazy, NamedFrom, ParquetReader, ParquetWriter, PlanCallback,
-    SerReader, Series, col, lit, polars_err,
+    DataFrame, IntoLazy, NamedFrom, ParquetReader, SerReader, Series, col, lit,
 };
 use rayon::prelude::*;
 use rust_decimal::Decimal;
@@ -776,44 +775,13 @@ impl DetailByInvoice {
             return Ok(Self { files, schema });
         }
         let split_dir = dir.join(".detail");
-        fs::create_dir_all(&split_dir).with_context(|| format!("creating `{}`", split_dir.display()))?;
-        type Writers = HashMap<String, polars::io::parquet::write::BatchedWriter<fs::File>>;
-        let writers: std::sync::Arc<std::sync::Mutex<Writers>> = Default::default();
-        let paths: std::sync::Arc<std::sync::Mutex<HashMap<String, PathBuf>>> = Default::default();
-        let (w2, p2, d2, s2) = (writers.clone(), paths.clone(), split_dir.clone(), schema.clone());
-        let wanted = std::sync::Arc::new(wanted);
-        let sink = lf
-            .filter(col(det::invoice_number).is_in(
-                lit(Series::new("w".into(), wanted.iter().cloned().collect::<Vec<_>>())).implode(false),
-                false,
-            ))
-            .sink_batches(
-                PlanCallback::new(move |df: DataFrame| {
-                    let mut ws = w2.lock().map_err(|_| polars_err!(ComputeError: "detail writers poisoned"))?;
-                    for part in df.partition_by_stable([det::invoice_number], true)? {
-                        let n = part.column(det::invoice_number)?.str()?.get(0).unwrap_or_default().to_string();
-                        if !ws.contains_key(&n) {
-                            let path = d2.join(format!("{}.parquet", sanitise(&n)));
-                            let f = fs::File::create(&path).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", path.display()))?;
-                            let w = ParquetWriter::new(f).with_compression(crate::spool::compression()).batched(&s2)?;
-                            ws.insert(n.clone(), w);
-                            p2.lock().map_err(|_| polars_err!(ComputeError: "detail paths poisoned"))?.insert(n.clone(), path);
-                        }
-                        if let Some(w) = ws.get_mut(&n) {
-                            w.write_batch(&part)?;
-                        }
-                    }
-                    Ok(false)
-                }),
-                true,
-                None,
-            )?;
-        sink.collect_with_engine(Engine::Streaming).context("splitting fct_invoice_detail by invoice")?;
-        let ws = std::mem::take(&mut *writers.lock().map_err(|_| anyhow::anyhow!("detail writers poisoned"))?);
-        for (_, w) in ws {
-            w.finish()?;
-        }
-        files.extend(std::mem::take(&mut *paths.lock().map_err(|_| anyhow::anyhow!("detail paths poisoned"))?));
+        let targets: HashMap<String, PathBuf> =
+            wanted.iter().map(|n| (n.clone(), split_dir.join(format!("{}.parquet", sanitise(n))))).collect();
+        let only_wanted = lf.filter(col(det::invoice_number).is_in(
+            lit(Series::new("w".into(), wanted.iter().cloned().collect::<Vec<_>>())).implode(false),
+            false,
+        ));
+        files.extend(crate::split::split_by(only_wanted, det::invoice_number, targets, "fct_invoice_detail by invoice")?);
         Ok(Self { files, schema })
     }
 

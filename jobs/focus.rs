@@ -105,46 +105,20 @@ pub fn customer_files(focus: &SpoolTable, invoices: &DataFrame, dir: &Path) -> R
         }
     }
     let lf = crate::spool::scan(&focus.path)?; // the file as published: FOCUS columns only, no `period`
-    let schema = (*lf.clone().collect_schema()?).clone();
-    type Writers = HashMap<String, polars::io::parquet::write::BatchedWriter<fs::File>>;
-    let writers: std::sync::Arc<std::sync::Mutex<Writers>> = Default::default();
-    let (w2, s2, d2) = (writers.clone(), schema.clone(), dir.to_path_buf());
-    let folders = std::sync::Arc::new(folder_of.clone());
-    let sink = lf.sink_batches(
-        PlanCallback::new(move |df: DataFrame| {
-            let mut ws = w2.lock().map_err(|_| polars_err!(ComputeError: "focus writers poisoned"))?;
-            for part in df.partition_by_stable([fc::InvoiceId], true)? {
-                let n = part.column(fc::InvoiceId)?.str()?.get(0).unwrap_or_default().to_string();
-                let Some(rel) = folders.get(&n) else {
-                    polars_bail!(ComputeError: "FOCUS rows of invoice `{n}`, which is not in fct_invoices");
-                };
-                if !ws.contains_key(&n) {
-                    let path = d2.join(rel);
-                    if let Some(parent) = path.parent() {
-                        fs::create_dir_all(parent).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", parent.display()))?;
-                    }
-                    let f = fs::File::create(&path).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", path.display()))?;
-                    let w = ParquetWriter::new(f).with_compression(ParquetCompression::Zstd(None)).batched(&s2)?;
-                    ws.insert(n.clone(), w);
-                }
-                if let Some(w) = ws.get_mut(&n) {
-                    w.write_batch(&part)?;
-                }
-            }
-            Ok(false)
-        }),
-        true,
-        None,
-    )?;
-    sink.collect_with_engine(Engine::Streaming).map_err(|e| anyhow::anyhow!("splitting focus_cost_and_usage by invoice: {e}"))?;
-    let ws = std::mem::take(&mut *writers.lock().map_err(|_| anyhow::anyhow!("focus writers poisoned"))?);
+    // Split into temporary files, then rewrite each with fixed row groups: the published bytes depend only on
+    // the rows (`crate::split`).
+    let tmp = dir.join(".focus-split");
+    let targets: HashMap<String, PathBuf> =
+        folder_of.keys().map(|n| (n.clone(), tmp.join(format!("{}.parquet", sanitise(n))))).collect();
+    let written = crate::split::split_by(lf, fc::InvoiceId, targets, "focus_cost_and_usage by invoice")?;
     let mut out = Vec::new();
-    for (n, w) in ws {
-        w.finish()?;
-        if let Some(rel) = folder_of.get(&n) {
-            out.push((rel.clone(), dir.join(rel)));
-        }
+    for (n, split_file) in written {
+        let rel = &folder_of[&n];
+        let path = dir.join(rel);
+        crate::split::finalise(&split_file, &path, &format!("the FOCUS file of invoice `{n}`"))?;
+        out.push((rel.clone(), path));
     }
+    let _ = fs::remove_dir_all(&tmp);
     out.sort();
     Ok(out)
 }

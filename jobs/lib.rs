@@ -4,6 +4,7 @@
 //! `crates/core/main.rs` does. The pure stages live in the `pipeline` crate, the tables in `schemas`.
 
 pub mod anomalies;
+pub mod change_control;
 pub mod cli;
 pub mod documents;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod manifest;
 pub mod reference;
 pub mod run;
 pub mod snapshot;
+pub mod split;
 pub mod spool;
 pub mod stages;
 pub mod warehouse;

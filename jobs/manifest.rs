@@ -44,6 +44,9 @@ pub struct Manifest {
     pub timings_ms: Vec<(String, u128)>,
     pub inputs: Value,
     pub reference_files: Value,
+    /// Which approved version of each controlled reference file the run used (`crate::change_control`), or
+    /// that change control was disabled.
+    pub change_control: Value,
     pub outputs: Vec<OutputTable>,
     pub control_totals: BTreeMap<String, Value>,
     pub checks: Vec<Check>,
@@ -67,6 +70,7 @@ impl Manifest {
             timings_ms: Vec::new(),
             inputs: Value::Null,
             reference_files: Value::Null,
+            change_control: Value::Null,
             outputs: Vec::new(),
             control_totals: BTreeMap::new(),
             checks: Vec::new(),

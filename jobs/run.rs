@@ -77,9 +77,12 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     m.config.insert("sha256".into(), crate::inputs_sha256(&std::fs::read(&cfg.path).unwrap_or_default()));
     // The period's lock first: a concurrent run of the same period fails here (exit 1) instead of doing the
     // work twice. Dropping `txn` on any error below releases it and leaves nothing visible.
+    // Change control: each controlled reference file is read from its latest approved version, not the working copy.
+    let (cfg, pinned) = crate::change_control::pin(cfg, &wh, mode, &mut m)?;
     let mut txn = wh.begin(period, &run_id)?;
     let mut timer = Timer::new();
     let refs = load_reference(&cfg, period, &mut m)?;
+    pinned.relabel(&mut m);
     timer.lap("reference");
     let adjustments = if stop >= Stop::Invoice {
         crate::late::adjustments_for(&cfg, &wh, &ctx, &mut m)?
@@ -141,6 +144,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
+    timer.lap("exports");
     if let Some(l) = &ledger {
         let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for ledger exports")?;
         for path in crate::ledger::write_exports(tmp.path(), period, &l.journal, &l.trial_balance, &cfg.ledger)? {
@@ -150,8 +154,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
         }
     }
+    timer.lap("ledger exports");
     crate::focus::publish_customer_files(&computed, &mut txn, &mut m)?;
-    timer.lap("exports");
+    timer.lap("focus files");
     let new_anomalies = match &report {
         Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),
         None => None,
@@ -165,6 +170,7 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let manifest = serde_json::to_value(&m)?;
     let commit = txn.commit(manifest, close)?;
     info!(version = commit.version, outputs = m.outputs.len(), closed = close, "published");
+    crate::change_control::audit_run(&wh, &m, close, commit.version, &commit.manifest);
     println!(
         "published {period} (run {run_id}, version {}{}) to {url}: {} table file(s); manifest {}",
         commit.version,

@@ -193,6 +193,16 @@ invoice_prefix = "FCP"
 invoice_date = "{invoice_date}"
 max_rejected_rows = 0
 
+# Change control of rate cards and tag rules (README, "Change control"): off here, so the sample runs as it is.
+# To turn it on, uncomment these lines, then propose the current files and have each approved in both roles
+# (`cspbill ref propose`, `cspbill ref approve`): until then a run refuses to start.
+# [change_control]
+# enabled = true
+# executive_threshold = "0.05"   # a rate-card change moving a price by more than 5 % also needs an `executive`
+# [change_control.roles]
+# rate_cards = ["finance", "sales_ops"]
+# tag_rules = ["finance", "sales_ops"]
+
 [anomalies]
 # Ratios are fractions (1.10 = 110 %); cpu_floor_pct is in percent.
 budget_warning = "1.10"
