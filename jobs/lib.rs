@@ -8,6 +8,7 @@ pub mod change_control;
 pub mod cli;
 pub mod close_report;
 pub mod config;
+pub mod documents;
 pub mod error;
 pub mod explain;
 pub mod exports;

@@ -146,7 +146,8 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for exports")?;
         let issuer = crate::exports::Issuer::from(&cfg.partner);
         let details = crate::exports::DetailByInvoice::split(detail, invoices, tmp.path())?;
-        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer)?;
+        let docs = crate::documents::DocInputs::from_tables(&computed.tables)?;
+        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer, &docs)?;
         for path in written {
             let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
             let target = format!("marts/exports/{rel}");

@@ -44,15 +44,18 @@ else
   echo "warning: focus-validator not installed; tests/e2e_focus.rs skips the official FOCUS check" >&2
 fi
 
-# Headless Chromium for tests/close_report.rs (the close report rendered as finance staff see it), driven by
-# playwright-core from scripts/node_modules. Debian's package; installed once, quietly.
-if ! command -v chromium >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >"$TMP/apt-chromium.log" 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >"$TMP/apt-chromium.log" 2>&1; } \
-      || { echo "could not install chromium (see $TMP/apt-chromium.log)" >&2; [[ "${CI:-}" != true ]] || exit 2; }
+# Debian packages the tests read outputs with: chromium (the close report, tests/close_report.rs, and the HTML
+# invoices, tests/e2e_documents.rs) and poppler-utils (pdftotext, pdftoppm, pdfinfo for the PDF invoices).
+# Installed once, quietly; under CI=true a missing tool fails the run.
+if ! command -v pdftotext >/dev/null || ! command -v pdftoppm >/dev/null || ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    if ! (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils chromium \
+          || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils chromium; }) >"$TMP/apt-packages.log" 2>&1; then
+      echo "could not install poppler-utils and chromium (see $TMP/apt-packages.log)" >&2
+      if [[ "${CI:-}" == true ]]; then exit 2; fi
+    fi
   elif [[ "${CI:-}" == true ]]; then
-    echo "chromium is missing and cannot be installed here (needs apt-get as root): CI renders the close report" >&2
+    echo "poppler-utils and chromium are missing and cannot be installed here (needs apt-get as root)" >&2
     exit 2
   fi
 fi
