@@ -42,6 +42,9 @@ pub struct Config {
     /// The parallel run against legacy invoices (`[compare]`, see `jobs/compare.rs`): tolerances, column mapping.
     #[serde(default)]
     pub compare: crate::compare::Settings,
+    /// Run-health metrics: a Prometheus textfile and an optional Pushgateway (`[metrics]`, see `jobs/metrics.rs`).
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsSettings,
     /// The folder the file is in: relative paths resolve against it. Not read from the file.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -29,6 +29,9 @@ use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format, FormatAlign, Workboo
 use schemas::{fct_invoice_detail as det, fct_invoice_lines as fl, fct_invoices as fi};
 use sha2::{Digest, Sha256};
 
+use crate::documents::DocInputs;
+use crate::documents::present::{self, RawLine};
+
 /// The MSP issuing the invoices, as printed in the header block (from `[partner]` in `cspbill.toml`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Issuer {
@@ -236,10 +239,6 @@ pub(crate) fn money_text(d: Decimal, currency: &str) -> String {
     v.to_string()
 }
 
-fn plain(d: Option<Decimal>) -> String {
-    d.map(|d| d.normalize().to_string()).unwrap_or_default()
-}
-
 /// A text cell of a CSV, neutralised against formula injection (OWASP "CSV Injection"): a value a spreadsheet
 /// would run as a formula (first character, after any spaces, `=`, `+`, `-`, `@`, tab or CR, or their full-width
 /// forms) gets a leading `'`, which Excel, LibreOffice and Google Sheets show as text; then quoted as any field.
@@ -282,6 +281,7 @@ const CSV_HEADER: &[&str] = &[
     "subscription_id",
     "unit_path",
     "corrected_period",
+    "note",
 ];
 
 /// The columns of [`CSV_HEADER`] that hold numbers (written as they are; the rest are text cells).
@@ -293,7 +293,14 @@ fn invoice_csv(h: &Header, lines: &Table) -> String {
     let mut out = String::from("\u{feff}");
     out.push_str(&CSV_HEADER.join(","));
     out.push('\n');
-    for &i in lines.rows(&h.number) {
+    // One number format per column (issue #14): quantities with the places the invoice's longest needs (exact),
+    // unit prices rounded for display to the minor unit + 2 places, amounts with the minor unit's places.
+    let raw: Vec<(usize, RawLine)> = lines.rows(&h.number).iter().map(|&i| (i, raw_line(lines, i))).collect();
+    let shown: Vec<present::Shown> = raw.iter().map(|(_, l)| present::shown(l, &h.currency)).collect();
+    let qp = present::quantity_places(shown.iter().filter_map(|s| s.quantity.as_ref()), schemas::MONEY_SCALE as u32);
+    let up = present::unit_price_places(&h.currency);
+    for ((i, _), sh) in raw.iter().zip(&shown) {
+        let i = *i;
         let fields = [
             h.number.clone(),
             h.invoice_date.to_string(),
@@ -307,14 +314,15 @@ fn invoice_csv(h: &Header, lines: &Table) -> String {
                 .unwrap_or_default(),
             lines.s(fl::line_type, i),
             lines.s(fl::description, i),
-            plain(lines.d(fl::quantity, i)),
-            lines.s(fl::unit, i),
-            plain(lines.d(fl::unit_price, i)),
+            sh.quantity.map(|q| present::fixed(q, qp)).unwrap_or_default(),
+            sh.unit.clone(),
+            sh.unit_price.map(|p| present::fixed(p, up)).unwrap_or_default(),
             money_text(lines.d(fl::amount, i).unwrap_or_default(), &h.currency),
             money_text(lines.d(fl::tax, i).unwrap_or_default(), &h.currency),
             lines.s(fl::subscription_id, i),
             lines.s(fl::unit_path, i),
             lines.s(fl::corrected_period, i),
+            present::note(sh, &h.currency, qp, present::Locale::EnUs),
         ];
         // Numbers as written (a credit keeps its `-`); every other cell is text and neutralised.
         let row: Vec<String> = fields
@@ -395,7 +403,11 @@ fn invoice_xlsx(h: &Header, lines: &Table, detail: &DetailOf<'_>, issuer: &Issue
         .set_align(FormatAlign::Left);
     let money = money_format(&h.currency);
     let money_bold = money.clone().set_bold();
-    let qty = Format::new().set_num_format("#,##0.####");
+    let raw: Vec<(usize, RawLine)> = lines.rows(&h.number).iter().map(|&i| (i, raw_line(lines, i))).collect();
+    let shown: Vec<present::Shown> = raw.iter().map(|(_, l)| present::shown(l, &h.currency)).collect();
+    let qp = present::quantity_places(shown.iter().filter_map(|s| s.quantity.as_ref()), present::QUANTITY_MAX_PLACES);
+    let qty = Format::new().set_num_format(fixed_pattern(qp));
+    let unit_price_fmt = Format::new().set_num_format(fixed_pattern(present::unit_price_places(&h.currency)));
     let head = Format::new()
         .set_bold()
         .set_border_bottom(rust_xlsxwriter::FormatBorder::Thin);
@@ -408,6 +420,7 @@ fn invoice_xlsx(h: &Header, lines: &Table, detail: &DetailOf<'_>, issuer: &Issue
     for c in 3..=6 {
         ws.set_column_width(c, 16)?;
     }
+    ws.set_column_width(7, 36)?;
     let mut row = 0u32;
     ws.write_string_with_format(row, 0, "Invoice", &title)?;
     row += 2;
@@ -458,27 +471,27 @@ fn invoice_xlsx(h: &Header, lines: &Table, detail: &DetailOf<'_>, issuer: &Issue
         "Unit",
         "Unit price",
         &format!("Amount ({})", h.currency),
+        "Note",
     ];
     for (c, name) in cols.iter().enumerate() {
         ws.write_string_with_format(row, c as u16, *name, &head)?;
     }
     row += 1;
-    for &i in lines.rows(&h.number) {
+    for ((i, _), sh) in raw.iter().zip(&shown) {
+        let i = *i;
         if let Some(n) = lines.int(fl::line_no, i) {
             ws.write_number(row, 0, n as f64)?;
         }
         ws.write_string(row, 1, lines.s(fl::line_type, i))?;
         ws.write_string(row, 2, lines.s(fl::description, i))?;
-        write_dec(ws, row, 3, lines.d(fl::quantity, i), &qty)?;
-        ws.write_string(row, 4, lines.s(fl::unit, i))?;
-        write_dec(
-            ws,
-            row,
-            5,
-            lines.d(fl::unit_price, i),
-            &Format::new().set_num_format("#,##0.00##########"),
-        )?;
+        write_dec(ws, row, 3, sh.quantity, &qty)?;
+        ws.write_string(row, 4, &sh.unit)?;
+        write_dec(ws, row, 5, sh.unit_price, &unit_price_fmt)?;
         write_dec(ws, row, 6, lines.d(fl::amount, i), &money)?;
+        let note = present::note(sh, &h.currency, qp, present::Locale::EnUs);
+        if !note.is_empty() {
+            ws.write_string(row, 7, note)?;
+        }
         row += 1;
     }
     row += 1;
@@ -616,7 +629,7 @@ pub fn write_exports(
     let of = |n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| -> Result<()> {
         f(&detail.clone().lazy().filter(col(det::invoice_number).eq(lit(n.to_string()))).collect()?)
     };
-    write_exports_with(dir, invoices, lines, &of, issuer)
+    write_exports_with(dir, invoices, lines, &of, issuer, &DocInputs::default())
 }
 
 /// [`write_exports`] with the detail of one invoice at a time, from `detail_of(invoice_number)`: only enterprise
@@ -627,6 +640,7 @@ pub fn write_exports_with(
     lines: &DataFrame,
     detail_of: &DetailOf<'_>,
     issuer: &Issuer,
+    docs: &DocInputs,
 ) -> Result<Vec<PathBuf>> {
     let headers = headers(invoices)?;
     let lines = Table::read(
@@ -639,25 +653,27 @@ pub fn write_exports_with(
             fl::subscription_id,
             fl::unit_path,
             fl::corrected_period,
+            fl::invoice_line_id,
+            fl::product_family,
         ],
-        &[fl::quantity, fl::unit_price, fl::amount, fl::tax],
+        &[fl::quantity, fl::unit_price, fl::amount, fl::tax, fl::amount_unrounded],
         &[],
-        &[fl::line_no],
+        &[fl::line_no, fl::part_count],
     )?;
     // One invoice per task, fanned out over the cores (file-level fan-out: each task writes its own two files);
     // the order of the returned paths is the invoices' order whatever the scheduling.
     let span = tracing::Span::current();
-    let per_invoice: Vec<Result<[PathBuf; 2]>> =
-        headers.par_iter().map(|h| span.in_scope(|| write_invoice_files(dir, h, &lines, detail_of, issuer))).collect();
-    let mut written = Vec::with_capacity(per_invoice.len() * 2);
+    let per_invoice: Vec<Result<Vec<PathBuf>>> =
+        headers.par_iter().map(|h| span.in_scope(|| write_invoice_files(dir, h, &lines, detail_of, issuer, docs))).collect();
+    let mut written = Vec::with_capacity(per_invoice.len() * 4);
     for files in per_invoice {
         written.extend(files?);
     }
     Ok(written)
 }
 
-/// Writes the CSV and the XLSX of one invoice under `dir/period=P/customer=<id>/`.
-fn write_invoice_files(dir: &Path, h: &Header, lines: &Table, detail_of: &DetailOf<'_>, issuer: &Issuer) -> Result<[PathBuf; 2]> {
+/// Writes the CSV, the XLSX, the PDF and the HTML of one invoice under `dir/period=P/customer=<id>/`.
+fn write_invoice_files(dir: &Path, h: &Header, lines: &Table, detail_of: &DetailOf<'_>, issuer: &Issuer, docs: &DocInputs) -> Result<Vec<PathBuf>> {
     let folder = dir
         .join(format!("period={}", sanitise(&h.period)))
         .join(format!("customer={}", sanitise(&h.customer_id)));
@@ -676,7 +692,59 @@ fn write_invoice_files(dir: &Path, h: &Header, lines: &Table, detail_of: &Detail
     let xlsx_path = folder.join(format!("{stem}.xlsx"));
     invoice_xlsx(h, lines, detail_of, issuer, &xlsx_path)
         .with_context(|| format!("building the XLSX of invoice `{}`", h.number))?;
-    Ok([csv_path, xlsx_path])
+    let doc = document_of(h, lines, issuer, docs);
+    let [pdf, html] = crate::documents::write_documents(&folder, &stem, &doc, detail_of)?;
+    Ok(vec![csv_path, xlsx_path, pdf, html])
+}
+
+/// One invoice line of the lines table, as presentation reads it.
+fn raw_line(lines: &Table, i: usize) -> RawLine {
+    RawLine {
+        line_no: lines.int(fl::line_no, i).unwrap_or(0),
+        line_type: lines.s(fl::line_type, i),
+        product_family: lines.s(fl::product_family, i),
+        description: lines.s(fl::description, i),
+        quantity: lines.d(fl::quantity, i),
+        unit: lines.s(fl::unit, i),
+        unit_price: lines.d(fl::unit_price, i),
+        amount_unrounded: lines.d(fl::amount_unrounded, i),
+        amount: lines.d(fl::amount, i).unwrap_or_default(),
+        part_count: lines.int(fl::part_count, i).unwrap_or(0),
+        subscription_id: lines.s(fl::subscription_id, i),
+        unit_path: lines.s(fl::unit_path, i),
+        corrected_period: lines.s(fl::corrected_period, i),
+        invoice_line_id: lines.s(fl::invoice_line_id, i),
+    }
+}
+
+/// The invoice as its PDF and HTML documents print it.
+fn document_of<'a>(h: &Header, lines: &Table, issuer: &'a Issuer, docs: &'a DocInputs) -> crate::documents::Doc<'a> {
+    let mut raw: Vec<RawLine> = lines.rows(&h.number).iter().map(|&i| raw_line(lines, i)).collect();
+    raw.sort_by_key(|l| l.line_no);
+    crate::documents::Doc {
+        number: h.number.clone(),
+        period: h.period.clone(),
+        customer_id: h.customer_id.clone(),
+        customer_name: h.customer_name.clone(),
+        currency: h.currency.clone(),
+        template: h.template.clone(),
+        status: h.status.clone(),
+        invoice_date: h.invoice_date,
+        due_date: h.due_date,
+        subtotal: h.subtotal,
+        tax: h.tax,
+        total: h.total,
+        unpriced: h.unpriced,
+        lines: raw,
+        issuer,
+        customer: docs.customers.get(&h.customer_id).cloned().unwrap_or_default(),
+        tag_rules: &docs.tag_rules,
+    }
+}
+
+/// An Excel number format with exactly `places` decimals and thousands separators.
+fn fixed_pattern(places: u32) -> String {
+    if places == 0 { "#,##0".into() } else { format!("#,##0.{}", "0".repeat(places as usize)) }
 }
 
 /// Rows of detail an XLSX export reads at a time.
@@ -904,8 +972,12 @@ e1,Enterprise Ltd,USD,enterprise,14",
             vec![
                 format!("{evil_dir}/INV-202506-0001.csv"),
                 format!("{evil_dir}/INV-202506-0001.xlsx"),
+                format!("{evil_dir}/INV-202506-0001.pdf"),
+                format!("{evil_dir}/INV-202506-0001.html"),
                 "period=2025-06/customer=e1/INV-202506-0002.csv".to_string(),
                 "period=2025-06/customer=e1/INV-202506-0002.xlsx".to_string(),
+                "period=2025-06/customer=e1/INV-202506-0002.pdf".to_string(),
+                "period=2025-06/customer=e1/INV-202506-0002.html".to_string(),
             ]
         );
     }
@@ -939,10 +1011,11 @@ e1,Enterprise Ltd,USD,enterprise,14",
         let tmp = tempfile::tempdir().unwrap();
         let files = write(tmp.path());
         let text = fs::read_to_string(&files[0]).unwrap();
-        // 12.345 → 12.34 (half-even), 361.234 → 361.23; dates: invoice 2025-07-08, due +30 days.
-        let expected = "\u{feff}invoice_number,invoice_date,due_date,period,customer_id,currency,line_no,line_type,description,quantity,unit,unit_price,amount,tax,subscription_id,unit_path,corrected_period
-INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,1,usage,\"Azure consumption, 2025-06-02\",100,1 Hour,,12.34,0.00,,,
-INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microsoft 365 E3 – E3, 2025-06-01 to 2025-06-30\",10,Licenses,36.1234,361.23,0.00,,,
+        // 12.345 → 12.34 (half-even), 361.234 → 361.23; dates: invoice 2025-07-08, due +30 days. The seat price
+        // 361.234 / 10 = 36.1234 shows EUR's 2 places + 2; 10 × 36.1234 is the whole amount, so no proration note.
+        let expected = "\u{feff}invoice_number,invoice_date,due_date,period,customer_id,currency,line_no,line_type,description,quantity,unit,unit_price,amount,tax,subscription_id,unit_path,corrected_period,note
+INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,1,usage,\"Azure consumption, 2025-06-02\",100,1 Hour,,12.34,0.00,,,,
+INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microsoft 365 E3 – E3, 2025-06-01 to 2025-06-30\",10,Licenses,36.1234,361.23,0.00,,,,
 ";
         assert_eq!(text, expected);
     }
@@ -979,7 +1052,7 @@ INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microso
         let out = invoiced();
         let totals = cells::decs(&out.invoices, fi::total).unwrap();
         let subtotals = cells::decs(&out.invoices, fi::subtotal).unwrap();
-        for (k, xlsx) in [files[1].clone(), files[3].clone()].iter().enumerate() {
+        for (k, xlsx) in [files[1].clone(), files[5].clone()].iter().enumerate() {
             let rows = sheet(xlsx, "Invoice");
             assert_eq!(dec_of(&find_row(&rows, 5, "Total")[6]), totals[k].unwrap());
             assert_eq!(
@@ -1004,7 +1077,7 @@ INV-202506-0001,2025-07-08,2025-08-07,2025-06,../../evil,EUR,2,license,\"Microso
         }
         let smb: Xlsx<_> = open_workbook(&files[1]).unwrap();
         assert_eq!(smb.sheet_names(), vec!["Invoice".to_string()]);
-        let detail = sheet(&files[3], "Detail");
+        let detail = sheet(&files[5], "Detail");
         assert_eq!(detail.len(), 3); // header + 2 parts
         // 0.123456789012345678 has no exact double: it is written as text, unchanged.
         let prices: Vec<Decimal> = detail[1..].iter().map(|r| dec_of(&r[11])).collect();

@@ -47,7 +47,18 @@ fn new_run_id() -> String {
     format!("{}-{:05}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"), std::process::id() % 100_000)
 }
 
+/// Runs a period up to `stop`; a full run (`Stop::All`) also writes the run-health metrics (`crate::metrics`),
+/// after a failure too.
 pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
+    let started = chrono::Utc::now();
+    let outcome = run_period_inner(p, mode, stop);
+    if let (Err(e), Stop::All) = (&outcome, stop) {
+        crate::metrics::after_failure(&p.config, &p.period.to_string(), if mode == RunMode::Close { "close" } else { "nightly" }, started, e);
+    }
+    outcome
+}
+
+fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let cfg = config::load(&p.config)?;
     let period = p.period;
     let run_id = new_run_id();
@@ -135,7 +146,8 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for exports")?;
         let issuer = crate::exports::Issuer::from(&cfg.partner);
         let details = crate::exports::DetailByInvoice::split(detail, invoices, tmp.path())?;
-        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer)?;
+        let docs = crate::documents::DocInputs::from_tables(&computed.tables)?;
+        let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer, &docs)?;
         for path in written {
             let rel = path.strip_prefix(tmp.path()).unwrap_or(&path).to_string_lossy().replace('\\', "/");
             let target = format!("marts/exports/{rel}");
@@ -160,6 +172,11 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
         Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),
         None => None,
     };
+    // The close report (`marts/reports/period=P/close.html`), last, so it links every export and shows every check.
+    if stop == Stop::All {
+        crate::close_report::publish(&cfg, &ctx, &refs, &computed, report.as_ref(), &mut txn, &mut m)?;
+        timer.lap("close report");
+    }
     m.timings_ms = timer.laps.clone();
     m.total("peak_rss_mib_by_stage", timer.peak_rss_mib.clone());
     m.total("rss_anon_mib_by_stage", timer.rss_anon_mib.clone());
@@ -170,6 +187,9 @@ pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let commit = txn.commit(manifest, close)?;
     info!(version = commit.version, outputs = m.outputs.len(), closed = close, "published");
     crate::change_control::audit_run(&wh, &m, close, commit.version, &commit.manifest);
+    if stop == Stop::All {
+        crate::metrics::after_success(&cfg, &m);
+    }
     println!(
         "published {period} (run {run_id}, version {}{}) to {url}: {} table file(s); manifest {}",
         commit.version,

@@ -121,12 +121,29 @@ pub fn split_by(lf: LazyFrame, key: &str, targets: HashMap<String, PathBuf>, wha
 }
 
 /// Rewrites a split file to `target` with the fixed row groups and options of every published table, so its
-/// bytes depend only on its rows (see the module note).
+/// bytes depend only on its rows (see the module note). A file of at most one row group is rewritten in memory
+/// (starting the streaming engine for each of hundreds of small invoices cost more than the rows); a larger one
+/// streams. Which way a file goes depends only on its row count.
 pub fn finalise(split_file: &Path, target: &Path, what: &str) -> Result<()> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("creating `{}`: {e}", parent.display()))?;
     }
-    crate::spool::sink_parquet(crate::spool::scan(split_file)?, target, what)
+    let open = || fs::File::open(split_file).map_err(|e| anyhow::anyhow!("{what}: reading `{}`: {e}", split_file.display()));
+    let rows = ParquetReader::new(open()?).num_rows().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    if rows > crate::spool::ROW_GROUP_ROWS {
+        return crate::spool::sink_parquet(crate::spool::scan(split_file)?, target, what);
+    }
+    let mut df = ParquetReader::new(open()?).finish().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    df.rechunk_mut();
+    let o = crate::spool::parquet_options();
+    let f = fs::File::create(target).map_err(|e| anyhow::anyhow!("{what}: creating `{}`: {e}", target.display()))?;
+    ParquetWriter::new(f)
+        .with_compression(o.compression)
+        .with_statistics(o.statistics)
+        .with_row_group_size(o.row_group_size)
+        .finish(&mut df)
+        .map_err(|e| anyhow::anyhow!("{what}: writing `{}`: {e}", target.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,6 +186,23 @@ mod tests {
         finalise(&written["k3"], &a, "t").expect("a");
         finalise(&whole, &b, "t").expect("b");
         assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
+    }
+
+    #[test]
+    fn a_file_larger_than_a_row_group_is_finalised_to_the_same_bytes_however_it_was_split() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let n = crate::spool::ROW_GROUP_ROWS + FLUSH_ROWS + 17;
+        let frame = || df!("key" => vec!["one"; n], "v" => (0..n as i64).collect::<Vec<_>>()).expect("frame");
+        let src = dir.path().join("src.parquet");
+        crate::spool::sink_parquet(frame().lazy(), &src, "t").expect("source");
+        let targets: HashMap<String, PathBuf> = [("one".to_string(), dir.path().join("split.parquet"))].into();
+        let written = split_by(crate::spool::scan(&src).expect("scan"), "key", targets, "t").expect("split");
+        let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+        finalise(&written["one"], &a, "t").expect("a");
+        finalise(&src, &b, "t").expect("b");
+        assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
+        let back = crate::spool::collect(crate::spool::scan(&a).expect("scan"), "t").expect("read");
+        assert_eq!(back.height(), n);
     }
 
     #[test]

@@ -82,16 +82,10 @@ fn sweep_dead_spools(parent: &Path, own: &Path) {
     }
 }
 
-/// The compression of every Parquet file cspbill writes: zstd at level 1. Level 3 (Polars' default) spent a
-/// tenth of a 1M-row close compressing spool files for files only a few per cent smaller (issue 10).
-pub fn compression() -> ParquetCompression {
-    ParquetCompression::Zstd(polars_utils::compression::ZstdLevel::try_new(1).ok())
-}
-
 /// The Parquet options of every file cspbill writes: zstd, statistics, fixed row groups.
 pub fn parquet_options() -> Arc<ParquetWriteOptions> {
     Arc::new(ParquetWriteOptions {
-        compression: compression(),
+        compression: crate::warehouse::parquet_compression(),
         statistics: StatisticsOptions::full(),
         row_group_size: Some(ROW_GROUP_ROWS),
         data_page_size: None,

@@ -44,6 +44,24 @@ else
   echo "warning: focus-validator not installed; tests/e2e_focus.rs skips the official FOCUS check" >&2
 fi
 
+# Debian packages the tests read outputs with: chromium (the close report, tests/close_report.rs, and the HTML
+# invoices, tests/e2e_documents.rs) and poppler-utils (pdftotext, pdftoppm, pdfinfo for the PDF invoices).
+# Installed once, quietly; under CI=true a missing tool fails the run.
+if ! command -v pdftotext >/dev/null || ! command -v pdftoppm >/dev/null || ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+    if ! (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils chromium \
+          || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils chromium; }) >"$TMP/apt-packages.log" 2>&1; then
+      echo "could not install poppler-utils and chromium (see $TMP/apt-packages.log)" >&2
+      if [[ "${CI:-}" == true ]]; then exit 2; fi
+    fi
+  elif [[ "${CI:-}" == true ]]; then
+    echo "poppler-utils and chromium are missing and cannot be installed here (needs apt-get as root)" >&2
+    exit 2
+  fi
+fi
+export CSPBILL_CHROMIUM="${CSPBILL_CHROMIUM:-$(command -v chromium || echo /usr/bin/chromium)}"
+setup_node   # playwright-core (scripts/package-lock.json), also when the servers are not started
+
 LOG="$TMP/cargo-test.log"
 status=0
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$LOG" || status=$?

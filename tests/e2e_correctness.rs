@@ -16,11 +16,7 @@ use support::*;
 const PERIOD: &str = "2025-06";
 
 fn workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    copy_dir(&repo().join("sample_data"), &ws);
-    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
-    (tmp, ws)
+    sample_workspace()
 }
 
 fn args<'a>(ws: &'a Path, cmd: &'a str, period: &'a str) -> Vec<String> {

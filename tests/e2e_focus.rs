@@ -14,11 +14,7 @@ use support::*;
 const PERIOD: &str = "2025-06";
 
 fn workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    copy_dir(&repo().join("sample_data"), &ws);
-    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
-    (tmp, ws)
+    sample_workspace()
 }
 
 fn run_ok(ws: &Path, command: &str, period: &str, extra: &[&str]) -> String {

@@ -14,11 +14,7 @@ use rust_decimal::Decimal;
 use support::*;
 
 fn workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    copy_dir(&repo().join("sample_data"), &ws);
-    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
-    (tmp, ws)
+    sample_workspace()
 }
 
 fn run(ws: &Path, period: &str, mode: &str) -> std::process::Output {
@@ -61,13 +57,7 @@ fn d(s: &str) -> Decimal {
 
 /// A CSV export read back with Polars as text: header and rows.
 fn csv(path: &Path) -> (Vec<String>, DataFrame) {
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .unwrap()
-        .finish()
-        .unwrap();
+    let df = read_csv_as_text(path);
     (df.get_column_names().iter().map(|s| s.to_string()).collect(), df)
 }
 

@@ -17,11 +17,7 @@ use support::*;
 const PERIOD: &str = "2025-06";
 
 fn workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    copy_dir(&repo().join("sample_data"), &ws);
-    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
-    (tmp, ws)
+    sample_workspace()
 }
 
 fn run(ws: &Path, period: &str, extra: &[&str]) -> std::process::Output {

@@ -14,11 +14,7 @@ const PERIOD: &str = "2025-06";
 const INVOICE_FILE: &str = "G107047573_InvoiceRecon_202506.csv";
 
 fn workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    copy_dir(&repo().join("sample_data"), &ws);
-    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
-    (tmp, ws)
+    sample_workspace()
 }
 
 fn inputs(ws: &Path) -> PathBuf {

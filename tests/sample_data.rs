@@ -3,13 +3,15 @@
 //! arithmetic independently of the generator (expected headers copied from the real exports, amounts recomputed
 //! with the documented formulas).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pipeline::reference::{RefTable, stage_reference};
-use polars::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
+use support::read_csv_as_text;
 
 /// The command that made `sample_data/` (also in `sample_data/README.md`).
 const ARGS: &[&str] = &[
@@ -82,13 +84,7 @@ fn sample_data_is_fresh() {
 
 /// Reads a CSV as text cells (no type inference), empty cells as "".
 fn read_text(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .unwrap()
-        .finish()
-        .unwrap();
+    let df = read_csv_as_text(path);
     let header: Vec<String> = df
         .get_column_names()
         .iter()

@@ -83,7 +83,32 @@ const CUSTOMERS: &[&str] = &[
     "payment_terms_days",
     "consent_status",
     "consent_expires_on",
+    "billing_address",
+    "tax_id",
+    "po_number",
+    "contact_email",
+    "locale",
 ];
+
+/// The invoice contact fields of a customer (issue #14), derived from its country and index without drawing
+/// from the random stream, so adding them changed no other generated file.
+fn contact(c: &Customer) -> [String; 5] {
+    let n = 1000 + c.idx as u32 * 37;
+    let (address, tax, locale) = match c.country {
+        "DE" => (format!("Friedrichstraße {}, 10117 Berlin, Germany", 10 + c.idx), format!("DE{:09}", 811_000_000 + n), "de-DE"),
+        "AT" => (format!("Mariahilfer Straße {}, 1070 Wien, Austria", 10 + c.idx), format!("ATU{:08}", 62_000_000 + n), "de-DE"),
+        "GB" => (format!("{} King Street, London EC2V 8AU, United Kingdom", 10 + c.idx), format!("GB{:09}", 298_000_000 + n), "en-GB"),
+        "NL" => (format!("Keizersgracht {}, 1015 CS Amsterdam, Netherlands", 100 + c.idx), format!("NL{:09}B01", 854_000_000 + n), "nl-NL"),
+        "FR" => (format!("{} rue de Rivoli, 75001 Paris, France", 10 + c.idx), format!("FR{:011}", 40_303_000_000u64 + u64::from(n)), "fr-FR"),
+        "JP" => (format!("{}-1 Marunouchi, Chiyoda-ku, Tokyo 100-0005, Japan", 1 + c.idx % 9), format!("T{:013}", 1_010_001_000_000u64 + u64::from(n)), "ja-JP"),
+        "IE" => (format!("{} Grafton Street, Dublin 2, Ireland", 10 + c.idx), format!("IE{:07}W", 6_300_000 + n), "en-GB"),
+        "CA" => (format!("{} Bay Street, Toronto ON M5J 2T3, Canada", 100 + c.idx), format!("{:09}RT0001", 812_000_000 + n), "en-US"),
+        _ => (format!("{} Market Street, Seattle WA 98101, USA", 100 + c.idx), format!("{:02}-{:07}", 91, 1_200_000 + n), "en-US"),
+    };
+    // Every third customer orders with a purchase-order number, as larger customers do.
+    let po = if c.idx % 3 == 0 { format!("PO-{}-{:04}", c.code, 4500 + c.idx) } else { String::new() };
+    [address, tax, po, format!("accounts.payable@{}", c.domain.replace(".onmicrosoft.com", ".example")), locale.to_string()]
+}
 
 fn customers(world: &World, sums: &UsageSums) -> Vec<Vec<String>> {
     let year = world.period.start().year();
@@ -132,6 +157,9 @@ fn customers(world: &World, sums: &UsageSums) -> Vec<Vec<String>> {
                 s(consent),
                 expires.map(iso).unwrap_or_default(),
             ]
+            .into_iter()
+            .chain(contact(c))
+            .collect()
         })
         .collect()
 }

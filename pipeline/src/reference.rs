@@ -234,6 +234,10 @@ pub fn stage_reference(
     Ok(StagedRef { df, warnings, duplicates })
 }
 
+
+/// Locales the invoice documents format numbers and dates for (`customers.csv` `locale`, issue #14).
+pub const LOCALES: &[&str] = &["en-US", "en-GB", "de-DE", "fr-FR", "nl-NL", "ja-JP"];
+
 /// Row and table rules of DESIGN §4.2 that do not belong to a stage.
 fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Vec<String>) -> Result<(), Vec<ConfigError>> {
     let mut errors = Vec::new();
@@ -292,6 +296,12 @@ fn check_rows(table: RefTable, file: &str, df: &mut DataFrame, warnings: &mut Ve
             one_of(&mut errors, "fx_policy", &s(df, "fx_policy"), &["microsoft", "market", "fixed"], true);
             one_of(&mut errors, "consent_status", &s(df, "consent_status"), &["active", "expired", "revoked"], true);
             currency(&mut errors, "invoice_currency", &s(df, "invoice_currency"));
+            // The document locale (issue #14): number and date formats of the PDF and HTML invoices.
+            for (i, v) in s(df, "locale").iter().enumerate() {
+                if let Some(v) = v.as_deref().filter(|v| !LOCALES.iter().any(|l| l.eq_ignore_ascii_case(&v.replace('_', "-")))) {
+                    errors.push(err(i, "locale", format!("unknown locale `{v}`; use one of {} or leave it empty (en-US)", LOCALES.join(", "))));
+                }
+            }
             let pol = s(df, "fx_policy");
             let fixed = df.column("fixed_fx_rate").ok().map(|c| c.is_not_null()).map(|m| m.iter().map(|v| v.unwrap_or(false)).collect::<Vec<_>>()).unwrap_or_default();
             for (i, p) in pol.iter().enumerate() {
@@ -659,6 +669,22 @@ mod tests {
         assert_eq!(tm, vec![Some("0.15".parse().unwrap()), Some("0.2".parse().unwrap())]);
         let terms: Vec<i64> = s.df.column("payment_terms_days").unwrap().i64().unwrap().into_no_null_iter().collect();
         assert_eq!(terms, vec![30, 14]);
+    }
+
+    #[test]
+    fn customers_document_fields_are_optional_and_the_locale_is_checked() {
+        let (h, r) = rows(&[
+            "customer_id,customer_name,invoice_currency,template,billing_address,tax_id,po_number,contact_email,locale",
+            "c1,Contoso,EUR,enterprise,Friedrichstraße 10 Berlin,DE811001000,PO-1,ap@contoso.example,de-DE",
+            "c2,Fabrikam,USD,smb,,,,,",
+        ]);
+        let s = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap();
+        let loc: Vec<Option<&str>> = s.df.column("locale").unwrap().str().unwrap().iter().collect();
+        assert_eq!(loc, vec![Some("de-DE"), None]);
+        let (h, r) = rows(&["customer_id,customer_name,invoice_currency,template,locale", "c1,Contoso,EUR,smb,pt-BR"]);
+        let e = stage_reference(RefTable::Customers, "customers.csv", &h, &r).unwrap_err();
+        assert_eq!((e[0].line, e[0].column.as_str()), (2, "locale"), "{e:?}");
+        assert!(e[0].message.contains("unknown locale `pt-BR`"), "{}", e[0].message);
     }
 
     #[test]

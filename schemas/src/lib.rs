@@ -163,7 +163,8 @@ table!(
 table!(stg_customers, Zone::Staged, {
     customer_id: Str, customer_name: Str, invoice_currency: Str, template: Str, fx_policy: Str,
     fixed_fx_rate: Dec, monthly_budget: Dec, spend_cap: Dec, target_margin: Dec, payment_terms_days: Int,
-    consent_status: Str, consent_expires_on: Date, line_number: Int,
+    consent_status: Str, consent_expires_on: Date, billing_address: Str, tax_id: Str, po_number: Str,
+    contact_email: Str, locale: Str, line_number: Int,
 });
 
 table!(stg_org_units, Zone::Staged, {

@@ -74,3 +74,24 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A copy of `sample_data/` in a fresh temporary folder, without its warehouse: (the folder's guard, the copy).
+pub fn sample_workspace() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let ws = tmp.path().join("ws");
+    copy_dir(&repo().join("sample_data"), &ws);
+    let _ = std::fs::remove_dir_all(ws.join("warehouse"));
+    (tmp, ws)
+}
+
+/// A CSV file read with Polars, every cell as text (no type inference): what a person sees in the file.
+pub fn read_csv_as_text(path: &Path) -> polars::prelude::DataFrame {
+    use polars::prelude::*;
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .unwrap_or_else(|e| panic!("opening `{}`: {e}", path.display()))
+        .finish()
+        .unwrap_or_else(|e| panic!("reading `{}` as CSV: {e}", path.display()))
+}

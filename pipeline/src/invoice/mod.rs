@@ -1293,28 +1293,8 @@ fn detail_plan(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame
 }
 
 /// The priced rated parts of `rated` with the `invoice_line_id` and `invoice_number` of the line their group
-/// became (the join behind `fct_invoice_detail`, keeping every rated column). Lazy: the ledger aggregates it
-/// with a streaming group-by.
+/// became ([`line_parts`] under the ledger's column names, keeping every rated column). Lazy: the ledger
+/// aggregates it with a streaming group-by.
 pub fn invoiced_parts(rated: LazyFrame, lines: &DataFrame) -> LazyFrame {
-    let map = lines
-        .clone()
-        .lazy()
-        .filter(
-            CHARGE_TYPES
-                .iter()
-                .fold(lit(false), |acc, t| acc.or(col(fl::line_type).eq(lit(*t)))),
-        )
-        .select([
-            col(fl::customer_id).alias("k_customer"),
-            col(fl::currency).alias("k_currency"),
-            col(fl::line_type).alias("k_line_type"),
-            col(fl::group_key).alias("group_key"),
-            col(fl::product_family).fill_null(lit("")).alias("k_family"),
-            col(fl::invoice_line_id).alias("invoice_line_id"),
-            col(fl::invoice_number).alias("invoice_number"),
-        ]);
-    let keys: Vec<Expr> = KEYS.iter().map(|k| col(*k)).collect();
-    keyed(rated)
-        .filter(col("priced"))
-        .join(map, keys.clone(), keys, JoinArgs::new(JoinType::Inner))
+    line_parts(rated, lines).rename(["m_invoice_line_id", "m_invoice_number"], ["invoice_line_id", "invoice_number"], true)
 }
