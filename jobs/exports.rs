@@ -23,7 +23,6 @@ use pipeline::invoice::cells;
 use polars::prelude::{
     DataFrame, IntoLazy, NamedFrom, ParquetReader, SerReader, Series, col, lit,
 };
-use rayon::prelude::*;
 use rust_decimal::Decimal;
 use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format, FormatAlign, Workbook, Worksheet};
 use schemas::{fct_invoice_detail as det, fct_invoice_lines as fl, fct_invoices as fi};
@@ -662,9 +661,8 @@ pub fn write_exports_with(
     )?;
     // One invoice per task, fanned out over the cores (file-level fan-out: each task writes its own two files);
     // the order of the returned paths is the invoices' order whatever the scheduling.
-    let span = tracing::Span::current();
     let per_invoice: Vec<Result<Vec<PathBuf>>> =
-        headers.par_iter().map(|h| span.in_scope(|| write_invoice_files(dir, h, &lines, detail_of, issuer, docs))).collect();
+        crate::fanout::map(&headers, |h| write_invoice_files(dir, h, &lines, detail_of, issuer, docs));
     let mut written = Vec::with_capacity(per_invoice.len() * 4);
     for files in per_invoice {
         written.extend(files?);

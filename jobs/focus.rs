@@ -112,19 +112,13 @@ pub fn customer_files(focus: &SpoolTable, invoices: &DataFrame, dir: &Path) -> R
         folder_of.keys().map(|n| (n.clone(), tmp.join(format!("{}.parquet", sanitise(n))))).collect();
     let written = crate::split::split_by(lf, fc::InvoiceId, targets, "focus_cost_and_usage by invoice")?;
     // One file per task, over the cores (file-level fan-out).
-    let out: Vec<Result<(String, PathBuf)>> = {
-        use rayon::prelude::*;
-        let written: Vec<(String, PathBuf)> = written.into_iter().collect();
-        written
-            .par_iter()
-            .map(|(n, split_file)| {
-                let rel = &folder_of[n];
-                let path = dir.join(rel);
-                crate::split::finalise(split_file, &path, &format!("the FOCUS file of invoice `{n}`"))?;
-                Ok((rel.clone(), path))
-            })
-            .collect()
-    };
+    let written: Vec<(String, PathBuf)> = written.into_iter().collect();
+    let out: Vec<Result<(String, PathBuf)>> = crate::fanout::map(&written, |(n, split_file)| {
+        let rel = &folder_of[n];
+        let path = dir.join(rel);
+        crate::split::finalise(split_file, &path, &format!("the FOCUS file of invoice `{n}`"))?;
+        Ok((rel.clone(), path))
+    });
     let mut out = out.into_iter().collect::<Result<Vec<_>>>()?;
     let _ = fs::remove_dir_all(&tmp);
     out.sort();

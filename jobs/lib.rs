@@ -13,6 +13,7 @@ pub mod config;
 pub mod documents;
 pub mod error;
 pub mod explain;
+pub mod fanout;
 pub mod exports;
 pub mod focus;
 pub mod generate;

@@ -158,11 +158,7 @@ pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
 pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>, customers: Option<&DataFrame>) -> Result<Snapshot> {
     // Each file's pre-scan (record boundaries, limits, UTF-8, SHA-256) is a sequential pass over its bytes: the
     // files are pre-scanned in parallel (file-level fan-out), and errors reported in the files' order.
-    let by_file: Vec<Result<Vec<Loaded>>> = {
-        use rayon::prelude::*;
-        let span = tracing::Span::current();
-        files.par_iter().map(|f| span.in_scope(|| load(f, period))).collect()
-    };
+    let by_file: Vec<Result<Vec<Loaded>>> = crate::fanout::map(files, |f| load(f, period));
     let mut loaded: Vec<Loaded> = Vec::new();
     for l in by_file {
         loaded.extend(l?);

@@ -162,7 +162,10 @@ for number, ccy, subtotal, customer in want:
     check(cell(r, "subtotal").all_text().strip() == money(subtotal, ccy), f"{number}: subtotal {cell(r, 'subtotal').all_text()} vs {money(subtotal, ccy)}")
     links = [a.attrs["href"] for a in r.find(lambda n: n.tag == "a")]
     exts = sorted(os.path.basename(h).split(".", 1)[1] for h in links)
-    check(exts == ["csv", "focus.parquet", "xlsx"], f"{number}: export links {links}")
+    # Every file the warehouse holds for this invoice, and nothing else (read from the folder, not the page).
+    folder = os.path.join(WH, "marts", "exports", f"period={PERIOD}", f"customer={customer}")
+    on_disk = sorted(f.split(".", 1)[1] for f in os.listdir(folder) if f.split(".", 1)[0] == number) if os.path.isdir(folder) else []
+    check(exts == on_disk and {"csv", "xlsx"} <= set(exts), f"{number}: export links {links} vs files {on_disk}")
     for h in links:
         check(f"customer={customer}/" in h and os.path.isfile(os.path.normpath(os.path.join(page_dir, h))), f"{number}: link {h} does not reach a file")
 
