@@ -2,7 +2,7 @@
 //! Parquet tables, raw input files, run manifests and one commit pointer per period (DESIGN §3).
 //!
 //! Object stores have no atomic rename and no multi-object transaction, so a period is published with this
-//! protocol (written up in ARCHITECTURE.md, "Warehouse commits"):
+//! protocol (written up in docs/warehouse.md):
 //!
 //! 1. `begin` takes the period's lock `_locks/period=P.lock` with a conditional create. A live lock held by
 //!    another run is exit 1; a stale one (its process is gone on this host, or it is older than the TTL) is broken.
@@ -1360,7 +1360,7 @@ fn version_dir_file(period: Period, name: &str) -> String {
 }
 
 /// `_commits/period=P/current.csv`: one row per file of the published version, for readers that need one
-/// consistent version of a period across reads and tables (DuckDB, Polars: see ARCHITECTURE.md). `data` is the
+/// consistent version of a period across reads and tables (DuckDB, Polars: see docs/warehouse.md). `data` is the
 /// immutable run-unique copy, relative to the warehouse root; it stays until two newer commits exist.
 fn current_list(commit: &Commit) -> Bytes {
     let mut out = String::from("version,run_id,zone,table_name,path,data,rows,sha256\n");

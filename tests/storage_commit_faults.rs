@@ -391,7 +391,7 @@ fn superseded_runs_leave_no_empty_folders_under_data() {
     assert_eq!(runs, vec!["C", "D"], "only the current and the previous run have folders");
 }
 
-/// The per-period file list: what DuckDB and Polars read for one consistent version (ARCHITECTURE.md).
+/// The per-period file list: what DuckDB and Polars read for one consistent version (docs/warehouse.md).
 fn current_list(wh: &Warehouse) -> Option<Vec<BTreeMap<String, String>>> {
     let text = wh.read_file("_commits/period=2024-02/current.csv").unwrap()?;
     let text = String::from_utf8(text.to_vec()).unwrap();
@@ -506,7 +506,7 @@ fn staging_files_of_killed_local_writes_are_swept() {
     assert_eq!(read_t(&wh), frame_to_sorted_csv(&table("B", 4)));
 }
 
-/// The DuckDB query ARCHITECTURE.md and the README give for one consistent version reads exactly the committed
+/// The DuckDB query docs/warehouse.md and the README give for one consistent version reads exactly the committed
 /// run's rows (with `period` from the path), on a local folder.
 #[test]
 fn the_documented_duckdb_query_over_the_file_list_reads_the_committed_version() {
