@@ -44,7 +44,12 @@ impl State {
                 fs::create_dir_all(parent).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", parent.display()))?;
             }
             let f = fs::File::create(path).map_err(|e| polars_err!(ComputeError: "creating `{}`: {e}", path.display()))?;
-            let w = ParquetWriter::new(f).with_compression(crate::warehouse::parquet_compression()).batched(&self.schema)?;
+            // Split files are temporary (finalised, or read back by the XLSX export): LZ4 and no statistics keep the
+            // single-threaded callback cheap; the published bytes are written by `finalise`.
+            let w = ParquetWriter::new(f)
+                .with_compression(ParquetCompression::Lz4Raw)
+                .with_statistics(StatisticsOptions::empty())
+                .batched(&self.schema)?;
             self.writers.insert(key.to_string(), w);
         }
         let mut it = parts.into_iter();
