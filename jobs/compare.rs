@@ -327,17 +327,8 @@ impl TextCsv {
     pub(crate) fn read(path: &Path, what: &str) -> Result<Self> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("cannot read the {what} `{shown}`: {e}")))?;
-        if let Err(e) = std::str::from_utf8(&bytes) {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-            return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
-        }
-        let df = CsvReadOptions::default()
-            .with_has_header(true)
-            .with_infer_schema_length(Some(0))
-            .with_raise_if_empty(false)
-            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-            .finish()
-            .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?;
+        crate::reference::require_utf8(&shown, &bytes)?;
+        let df = crate::reference::text_frame(&shown, bytes)?;
         let header = df.get_column_names().iter().map(|s| s.trim_start_matches('\u{feff}').trim().to_string()).collect();
         Ok(Self { shown, header, df })
     }

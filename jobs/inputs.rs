@@ -287,7 +287,26 @@ struct Scanner<'a> {
     record_start: u64,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    /// A scanner at the start of a file.
+    fn new(name: &'a str, limits: guard::Limits) -> Self {
+        Scanner {
+            name,
+            limits,
+            scan: CsvScan::default(),
+            line: 1,
+            record_line: 1,
+            in_q: false,
+            cr_pending: false,
+            fields: 1,
+            content: false,
+            first_two: Vec::new(),
+            records_seen: 0,
+            pos: 0,
+            record_start: 0,
+        }
+    }
+
     fn finish_record(&mut self, truncated: bool) -> Result<()> {
         self.records_seen += 1;
         if self.records_seen == 1 {
@@ -438,21 +457,7 @@ fn prescan_csv(path: &Path, name: &str) -> Result<CsvScan> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut carry: Vec<u8> = Vec::new();
-    let mut s = Scanner {
-        name,
-        limits: guard::limits(),
-        scan: CsvScan::default(),
-        line: 1,
-        record_line: 1,
-        in_q: false,
-        cr_pending: false,
-        fields: 1,
-        content: false,
-        first_two: Vec::new(),
-        records_seen: 0,
-        pos: 0,
-        record_start: 0,
-    };
+    let mut s = Scanner::new(name, guard::limits());
     loop {
         let n = reader
             .read(&mut buf)
@@ -526,21 +531,7 @@ mod prescan_tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
         let alphabet: &[u8] = b"ab1.,,\"\"\n\n\r -x";
         let run = |body: &[u8], bulk: bool| -> String {
-            let mut s = Scanner {
-                name: "f.csv",
-                limits: guard::Limits { max_record_bytes: 64, ..guard::limits() },
-                scan: CsvScan::default(),
-                line: 1,
-                record_line: 1,
-                in_q: false,
-                cr_pending: false,
-                fields: 1,
-                content: false,
-                first_two: Vec::new(),
-                records_seen: 0,
-                pos: 0,
-                record_start: 0,
-            };
+            let mut s = Scanner::new("f.csv", guard::Limits { max_record_bytes: 64, ..guard::limits() });
             // Fed in uneven pieces, as the reader's buffers would.
             let mut r = Ok(());
             for piece in body.chunks(7) {

@@ -108,27 +108,39 @@ pub fn load(cfg: &Config) -> Result<Reference> {
     Ok(Reference { frames, files, warnings })
 }
 
+/// Exit 2 naming the first line that is not UTF-8 (a spreadsheet's "CSV" in a legacy code page).
+pub(crate) fn require_utf8(shown: &str, bytes: &[u8]) -> Result<()> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
+    }
+    Ok(())
+}
+
+/// A CSV file a person edits, every cell as text (no schema inference): the reference files, and the legacy,
+/// PSA and CRM exports of `cspbill compare` / `drift`. Unreadable CSV is exit 2.
+pub(crate) fn text_frame(shown: &str, bytes: Vec<u8>) -> Result<DataFrame> {
+    Ok(CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .with_raise_if_empty(false)
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+        .finish()
+        .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?)
+}
+
 /// Reads one reference CSV as text and stages it. Any problem is a usage error (exit 2) with file and line.
 pub fn read_one(table: RefTable, path: &Path) -> Result<(StagedRef, String)> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| {
         Failure::usage(format!("cannot read reference file `{shown}` ({}): {e}; check `[inputs]` in cspbill.toml", table.table()))
     })?;
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        return Err(Failure::usage(format!("{shown}:{line}: the file is not UTF-8; save it as UTF-8 (CSV UTF-8 in Excel) and run again")).into());
-    }
+    require_utf8(&shown, &bytes)?;
     let sha = crate::inputs_sha256(&bytes);
     if bytes.iter().all(|b| b.is_ascii_whitespace() || *b == 0xef || *b == 0xbb || *b == 0xbf) {
         return Err(Failure::usage(format!("{shown}:1: the file is empty; it needs at least a header line (see DESIGN §4.2)")).into());
     }
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_raise_if_empty(false)
-        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-        .finish()
-        .map_err(|e| Failure::usage(format!("{shown}: cannot read as CSV: {e}; check the delimiter (comma) and quoting")))?;
+    let df = text_frame(&shown, bytes)?;
     let header: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     let cols: Vec<&StringChunked> = df
         .columns()

@@ -128,59 +128,5 @@ fn late_data_adjustments_get_their_own_section_naming_the_corrected_period() {
     assert!(ok, "{out}");
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-        }
-    }
-    out.sort();
-    out
-}
 
-/// Doubles the first usage row costing more than 1 (as `tests/e2e_sample.rs` restates June).
-fn restate_one_usage_row(dir: &Path) {
-    let file = walk(dir).into_iter().find(|p| p.to_string_lossy().contains("Usage")).expect("a usage file in the sample");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let mut lines: Vec<String> = text.split_inclusive('\n').map(String::from).collect();
-    let header: Vec<String> = split_csv(lines[0].trim_end());
-    let idx = |n: &str| header.iter().position(|h| h == n).unwrap();
-    let (bt, pt, q) = (idx("BillingPreTaxTotal"), idx("PricingPreTaxTotal"), idx("Quantity"));
-    for l in lines.iter_mut().skip(1) {
-        let end = if l.ends_with("\r\n") { "\r\n" } else if l.ends_with('\n') { "\n" } else { "" };
-        let mut f = split_csv(l.trim_end_matches(['\r', '\n']));
-        let cost: rust_decimal::Decimal = f[bt].trim_matches('"').parse().unwrap_or_default();
-        if cost > rust_decimal::Decimal::ONE {
-            for i in [bt, pt, q] {
-                let v: rust_decimal::Decimal = f[i].trim_matches('"').parse().unwrap();
-                f[i] = (v * rust_decimal::Decimal::TWO).to_string();
-            }
-            *l = format!("{}{end}", f.iter().map(|x| if x.contains(',') || x.contains('"') { format!("\"{}\"", x.replace('"', "\"\"")) } else { x.clone() }).collect::<Vec<_>>().join(","));
-            break;
-        }
-    }
-    std::fs::write(&file, lines.concat()).unwrap();
-}
 
-/// A minimal CSV field splitter for one record (quotes, doubled quotes).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut q = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if q && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => q = !q,
-            ',' if !q => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
