@@ -247,9 +247,11 @@ pub fn gather(ctx: &RunContext, refs: &RefFrames, computed: &Computed, report: O
     let name = |id: &str| customers.get(id).map(|c| c.name.clone()).unwrap_or_else(|| id.to_string());
     let rated = need(computed, r::TABLE)?;
     let charges = need(computed, schemas::int_charges::TABLE)?;
-    let plans = vec![
-        an::aggregates::daily_spend(rated.clone()),
+    // The anomaly report already aggregated spend per customer and day: reuse it rather than read the month again.
+    let shared_daily = report.map(|r| r.daily_spend.clone());
+    let mut plans = vec![
         rated
+            .clone()
             .filter(col(r::status).neq(lit("priced")))
             .group_by([col(r::customer_id), col(r::billing_currency), col(r::unpriced_reason)])
             .agg([len().cast(DataType::Int64).alias("parts"), col(r::cost).sum().alias("cost")]),
@@ -257,9 +259,16 @@ pub fn gather(ctx: &RunContext, refs: &RefFrames, computed: &Computed, report: O
         rejects_by_reason(need(computed, schemas::rejects_pc_daily_usage::TABLE)?),
         rejects_by_reason(need(computed, schemas::rejects_pc_invoice_lines::TABLE)?),
     ];
+    if shared_daily.is_none() {
+        plans.push(an::aggregates::daily_spend(rated));
+    }
     let mut dfs = crate::spool::collect_all(plans, "close report aggregates")?.into_iter();
     let mut next = || dfs.next().ok_or_else(|| anyhow::anyhow!("internal: close report aggregate missing"));
-    let (daily, unpriced_df, billing_ccy, rej_usage, rej_invoice) = (next()?, next()?, next()?, next()?, next()?);
+    let (unpriced_df, billing_ccy, rej_usage, rej_invoice) = (next()?, next()?, next()?, next()?);
+    let daily = match shared_daily {
+        Some(d) => d,
+        None => next()?,
+    };
 
     // Invoices and their exports.
     let (inv_df, lines_df) = match &computed.invoices {

@@ -274,6 +274,9 @@ pub struct Report {
     /// Customers whose admin consent has lapsed (id, name): billed, but their tenant telemetry is not analysed.
     pub consent_lapsed: Vec<(String, String)>,
     pub window: Window,
+    /// The [`aggregates::daily_spend`] the monitors read, kept for other views of the month (the close report),
+    /// so the month is not aggregated twice.
+    pub daily_spend: DataFrame,
 }
 
 /// Runs every monitor over the aggregates of `period`.
@@ -296,7 +299,7 @@ pub fn rpt_anomalies(inputs: &Inputs, thresholds: &ThresholdSet, period: Period)
         .filter(|c| c.consent_lapsed(window.as_of))
         .map(|c| (c.id.clone(), c.name.clone()))
         .collect();
-    Ok(Report { rows, consent_lapsed, window })
+    Ok(Report { rows, consent_lapsed, window, daily_spend: inputs.daily_spend.clone() })
 }
 
 /// Report order: severity, monitor (in [`monitor::ALL`] order), customer, subject, first seen, message.
