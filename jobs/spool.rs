@@ -95,6 +95,34 @@ pub fn parquet_options() -> Arc<ParquetWriteOptions> {
     })
 }
 
+/// Memory profile of the plans (`CSPBILL_MEM_PROBE=1`): a thread samples the heap (`RssAnon`) every 20 ms, and each
+/// plan the spool runs logs the highest sample since the previous plan ended, so a rise is pinned to one plan.
+/// Off by default; a diagnostic for benches/README.md, never part of a run's outcome.
+pub fn mem_probe(what: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PEAK: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::Once = std::sync::Once::new();
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("CSPBILL_MEM_PROBE").is_some()) {
+        return;
+    }
+    fn anon_mib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("RssAnon:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+            .unwrap_or(0)
+            / 1024
+    }
+    START.call_once(|| {
+        let _ = std::thread::Builder::new().name("mem-probe".into()).spawn(|| loop {
+            PEAK.fetch_max(anon_mib(), Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        });
+    });
+    let peak = PEAK.swap(anon_mib(), Ordering::Relaxed);
+    tracing::info!(plan = what, peak_anon_mib = peak, now_anon_mib = anon_mib(), "mem probe");
+}
+
 /// Streams a plan into a Parquet file (row order kept).
 pub fn sink_parquet(lf: LazyFrame, path: &Path, what: &str) -> Result<()> {
     let target = PlRefPath::try_from_path(path).map_err(|e| anyhow::anyhow!("spool path `{}`: {e}", path.display()))?;
@@ -108,6 +136,7 @@ pub fn sink_parquet(lf: LazyFrame, path: &Path, what: &str) -> Result<()> {
     )
     .and_then(|s| s.collect_with_engine(Engine::Streaming))
     .map_err(|e| stage_error(what, e))?;
+    mem_probe(what);
     Ok(())
 }
 
@@ -121,16 +150,21 @@ pub fn scan(path: &Path) -> Result<LazyFrame> {
 /// Collects a plan whose result is small (an aggregate, a filtered few rows) with the streaming engine, so that
 /// the big input it reads is streamed, not loaded.
 pub fn collect(lf: LazyFrame, what: &str) -> Result<DataFrame> {
-    lf.with_comm_subplan_elim(false)
+    let df = lf
+        .with_comm_subplan_elim(false)
         .collect_with_engine(Engine::Streaming)
         .map(|r| r.unwrap_single())
-        .map_err(|e| stage_error(what, e))
+        .map_err(|e| stage_error(what, e));
+    mem_probe(what);
+    df
 }
 
 /// Several plans over shared inputs in one streaming run (each input is read once where Polars can share it).
 pub fn collect_all(lfs: Vec<LazyFrame>, what: &str) -> Result<Vec<DataFrame>> {
     let plans = lfs.into_iter().map(|lf| lf.logical_plan).collect();
-    LazyFrame::collect_all_with_engine(plans, Engine::Streaming, OptFlags::default()).map_err(|e| stage_error(what, e))
+    let out = LazyFrame::collect_all_with_engine(plans, Engine::Streaming, OptFlags::default()).map_err(|e| stage_error(what, e));
+    mem_probe(what);
+    out
 }
 
 fn stage_error(what: &str, e: PolarsError) -> anyhow::Error {

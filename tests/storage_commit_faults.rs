@@ -10,10 +10,7 @@
 
 #![allow(dead_code)]
 
-#[path = "../jobs/error.rs"]
-mod error;
-#[path = "../jobs/warehouse.rs"]
-mod warehouse;
+use cspbill::{error, warehouse};
 
 mod common;
 
