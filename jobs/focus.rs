@@ -119,6 +119,7 @@ pub fn customer_files(focus: &SpoolTable, invoices: &DataFrame, dir: &Path) -> R
         crate::split::finalise(split_file, &path, &format!("the FOCUS file of invoice `{n}`"))?;
         Ok((rel.clone(), path))
     });
+    crate::spool::mem_probe("focus files finalised");
     let mut out = out.into_iter().collect::<Result<Vec<_>>>()?;
     let _ = fs::remove_dir_all(&tmp);
     out.sort();

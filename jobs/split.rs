@@ -25,6 +25,8 @@ use polars::prelude::*;
 pub const FLUSH_ROWS: usize = 65_536;
 /// Rows buffered over all keys before the largest buffer is written.
 pub const BUDGET_ROWS: usize = 131_072;
+/// Split files of at most this many rows are finalised in memory; larger ones stream.
+pub const IN_MEMORY_ROWS: usize = 65_536;
 
 struct State {
     targets: HashMap<String, PathBuf>,
@@ -112,6 +114,7 @@ pub fn split_by(lf: LazyFrame, key: &str, targets: HashMap<String, PathBuf>, wha
         None,
     )?;
     sink.collect_with_engine(Engine::Streaming).map_err(|e| anyhow::anyhow!("splitting {what}: {e}"))?;
+    crate::spool::mem_probe(what);
     let mut st = state.lock().map_err(|_| anyhow::anyhow!("{what}: split state poisoned"))?;
     let keys: Vec<String> = st.buffers.keys().cloned().collect();
     for k in keys {
@@ -126,16 +129,16 @@ pub fn split_by(lf: LazyFrame, key: &str, targets: HashMap<String, PathBuf>, wha
 }
 
 /// Rewrites a split file to `target` with the fixed row groups and options of every published table, so its
-/// bytes depend only on its rows (see the module note). A file of at most one row group is rewritten in memory
-/// (starting the streaming engine for each of hundreds of small invoices cost more than the rows); a larger one
-/// streams. Which way a file goes depends only on its row count.
+/// bytes depend only on its rows (see the module note). A file of at most [`IN_MEMORY_ROWS`] rows is rewritten in
+/// memory (starting the streaming engine for each of hundreds of small invoices cost more than the rows); a larger
+/// one streams. Which way a file goes depends only on its row count.
 pub fn finalise(split_file: &Path, target: &Path, what: &str) -> Result<()> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("creating `{}`: {e}", parent.display()))?;
     }
     let open = || fs::File::open(split_file).map_err(|e| anyhow::anyhow!("{what}: reading `{}`: {e}", split_file.display()));
     let rows = ParquetReader::new(open()?).num_rows().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-    if rows > crate::spool::ROW_GROUP_ROWS {
+    if rows > IN_MEMORY_ROWS {
         return crate::spool::sink_parquet(crate::spool::scan(split_file)?, target, what);
     }
     let mut df = ParquetReader::new(open()?).finish().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
@@ -196,7 +199,7 @@ mod tests {
     #[test]
     fn a_file_larger_than_a_row_group_is_finalised_to_the_same_bytes_however_it_was_split() {
         let dir = tempfile::tempdir().expect("tmp");
-        let n = crate::spool::ROW_GROUP_ROWS + FLUSH_ROWS + 17;
+        let n = IN_MEMORY_ROWS + crate::spool::ROW_GROUP_ROWS + 17;
         let frame = || df!("key" => vec!["one"; n], "v" => (0..n as i64).collect::<Vec<_>>()).expect("frame");
         let src = dir.path().join("src.parquet");
         crate::spool::sink_parquet(frame().lazy(), &src, "t").expect("source");

@@ -15,8 +15,12 @@ use pipeline::Period;
 use polars::prelude::*;
 
 /// Rows per Parquet row group of every file cspbill writes: fixed, so the same rows give the same bytes whatever
-/// the batch sizes of the streaming engine (byte-identical re-runs).
-pub const ROW_GROUP_ROWS: usize = 122_880;
+/// the batch sizes of the streaming engine (byte-identical re-runs). Small, because the streaming engine holds
+/// whole row groups in flight on both ends of a plan (the sink gathers a row group per morsel, several in flight;
+/// the scan of the previous stage's file decodes several ahead): with 122,880 rows (DuckDB's default) the sink of
+/// `int_charges_allocated` (1.1 KB a row in memory) peaked at 3.4 GB of heap on a 3M-row month, with 8,192 at
+/// 1.2 GB, and no stage got slower (benches/README.md, "Memory by plan").
+pub const ROW_GROUP_ROWS: usize = 8_192;
 
 /// A spool folder, removed on drop.
 #[derive(Debug)]

@@ -262,6 +262,7 @@ pub fn gather(ctx: &RunContext, refs: &RefFrames, computed: &Computed, report: O
     if shared_daily.is_none() {
         plans.push(an::aggregates::daily_spend(rated));
     }
+    crate::spool::mem_probe("before the close report");
     let mut dfs = crate::spool::collect_all(plans, "close report aggregates")?.into_iter();
     let mut next = || dfs.next().ok_or_else(|| anyhow::anyhow!("internal: close report aggregate missing"));
     let (unpriced_df, billing_ccy, rej_usage, rej_invoice) = (next()?, next()?, next()?, next()?);
