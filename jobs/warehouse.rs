@@ -152,6 +152,9 @@ pub struct Txn {
     /// committed pointer (a write can land although the store reported an error), so it is never deleted by
     /// this run; a later commit's garbage collection removes it if it stayed unreferenced.
     commit_attempted: bool,
+    /// Set by `allow_closed_rewrite`: an erasure or a retention pass may write a new version of a closed period
+    /// (with the same invoice figures, which they check); nothing else may.
+    rewrite_closed: bool,
 }
 
 impl fmt::Debug for Warehouse {
@@ -268,6 +271,7 @@ impl Warehouse {
             files: BTreeMap::new(),
             finished: false,
             commit_attempted: false,
+            rewrite_closed: false,
         };
         // From here on, dropping `txn` on an error releases the lock.
         txn.base = wh.roll_forward(period)?;
@@ -581,6 +585,25 @@ impl Txn {
         Ok(entry)
     }
 
+    /// Lets this run commit a new version of a closed period: for the privacy jobs only (`jobs/privacy/`), which
+    /// rewrite personal or expired data and check that every invoice figure stays the same. The new version
+    /// stays closed when the caller commits with `close = true`.
+    pub fn allow_closed_rewrite(&mut self) {
+        self.rewrite_closed = true;
+    }
+
+    /// Carries a file of the previous commit into this run unchanged: a server-side copy of its data to this
+    /// run's private prefix (the old run's data is collected two commits later), same path, rows and checksum.
+    pub fn carry_file(&mut self, entry: &FileEntry) -> Result<()> {
+        let data = format!("{}/{}", run_prefix(self.period, &self.run_id), entry.path);
+        let (from, to) = (store_path(&entry.data)?, store_path(&data)?);
+        self.wh
+            .block(self.wh.store.copy(&from, &to))
+            .map_err(|e| self.wh.store_err("copying", &entry.data, e))?;
+        self.files.insert(entry.path.clone(), FileEntry { data, ..entry.clone() });
+        Ok(())
+    }
+
     /// Writes any other file of the run (exports) at `rel_path` below the root, published with the commit.
     /// Every segment is checked: no `..`, no absolute paths, nothing under `_`-prefixed internal folders or `raw/`.
     pub fn put_file(&mut self, rel_path: &str, bytes: Bytes) -> Result<()> {
@@ -636,6 +659,7 @@ impl Txn {
         let period = self.period;
         if let Some(b) = &self.base
             && b.closed
+            && !self.rewrite_closed
         {
             return Err(Failure::invariant(format!(
                 "period {period} was closed by run `{}` (commit {}); a closed period is never rewritten: bill late data as adjustments in an open period",

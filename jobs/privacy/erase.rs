@@ -1,0 +1,456 @@
+//! `cspbill erase --customer ID --reason "..." [--dry-run]`: GDPR erasure of a customer's personal data across
+//! every period of the warehouse, keeping the financial records the law requires for seven years.
+//!
+//! What is personal (`pipeline::privacy::find_personal_values`): the customer's user keys (`license_activity`),
+//! its contact e-mail (`customers`), the values of personal tag keys and every tag value holding an e-mail
+//! address, and resource names that contain such an address's local part or match `[privacy]
+//! personal_resource_names`. Each is replaced by a keyed pseudonym (`anon-` + HMAC-SHA256 under
+//! `CSPBILL_PSEUDONYM_KEY`), the same everywhere, so joins still work.
+//!
+//! Where: every Parquet file of every committed period (tables and the per-invoice FOCUS files), the text files
+//! of a commit (reports, anomaly lines, ledger exports), and the raw inputs under `raw/`, which are replaced by
+//! pseudonymised copies at their new content address (the original SHA-256 stays in the manifest and the audit
+//! log). Kept unchanged: the issued invoice documents (`marts/exports/.../customer=ID/INVOICE.{csv,xlsx,pdf,html}`),
+//! which are the legal record; key columns (customer ids, invoice numbers); every amount and date.
+//!
+//! How: each affected period gets a new committed version (closed periods stay closed), after the run invariant
+//! that every financial table keeps its figures row for row; the data of the older versions is then deleted.
+//! The erasure is recorded in the period's manifest (`erasures`) and in `_audit/`, without the erased values.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use pipeline::Period;
+use pipeline::privacy::{Pseudonyms, find_personal_values, too_short};
+use polars::prelude::*;
+use serde_json::{Value, json};
+
+use super::{committed_periods, fetch, pseudonym, pseudonym_key, scan, schema_of};
+use crate::error::Failure;
+use crate::warehouse::{Commit, FileEntry, Warehouse};
+
+/// `cspbill erase`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EraseArgs {
+    /// The cspbill.toml of the billing workspace.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The customer whose personal data is erased (`customer_id` as in customers.csv, any case).
+    #[arg(long)]
+    pub customer: String,
+    /// Why (a request reference, not personal data): recorded in the manifests and the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// List what would change, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Warehouse root URL; overrides the config.
+    #[arg(long, env = "CSPBILL_WAREHOUSE")]
+    pub warehouse: Option<String>,
+}
+
+/// The personal values found, by kind (counts are reported; the values never are).
+#[derive(Debug, Default)]
+struct Found {
+    customer_id: String,
+    customer_name: String,
+    user_keys: BTreeSet<String>,
+    contacts: BTreeSet<String>,
+    usage: BTreeSet<String>,
+}
+
+impl Found {
+    fn all(&self) -> BTreeSet<String> {
+        self.user_keys.iter().chain(&self.contacts).chain(&self.usage).cloned().collect()
+    }
+}
+
+/// What happens to one file of a commit.
+#[derive(Debug, Clone)]
+enum Step {
+    Carry,
+    /// A Parquet file rewritten: rows that change.
+    Parquet { rows: u64, local: PathBuf },
+    /// A text file rewritten: replacements.
+    Text { replacements: usize, bytes: Bytes },
+    /// An issued invoice document, kept as issued.
+    Retained,
+}
+
+/// A raw input replaced by its pseudonymised copy.
+#[derive(Debug, Clone)]
+struct RawChange {
+    path: String,
+    sha256: String,
+    new_path: String,
+    new_sha256: String,
+    replacements: usize,
+    /// The pseudonymised copy, in the temporary folder until it is landed.
+    local: PathBuf,
+}
+
+pub fn command(a: &EraseArgs) -> Result<()> {
+    let cfg = crate::config::load(&a.config)?;
+    let reason = a.reason.trim().to_string();
+    if reason.is_empty() {
+        return Err(Failure::usage("`--reason` is empty; give the request reference (for example --reason \"GDPR request 2025-031\")").into());
+    }
+    // The key first: a missing secret is exit 2 before the warehouse is touched.
+    let key = pseudonym_key()?;
+    let rules = cfg.privacy.rules()?;
+    let url = cfg.warehouse_url(a.warehouse.as_deref());
+    let wh = Warehouse::open(&url, &cfg.warehouse.options)?;
+    let periods = committed_periods(&wh)?;
+    for p in &periods {
+        wh.repair(*p)?;
+    }
+    let tmp = tempfile::Builder::new().prefix("cspbill-erase-").tempdir().context("making a temporary folder")?;
+    let found = discover(&wh, &periods, &a.customer, &rules, tmp.path())?;
+    let values = found.all();
+    let short = too_short(&values);
+    let map = Pseudonyms::new(values.iter().map(|v| (v.clone(), pseudonym(&key, v))));
+    let (actor, actor_source) = crate::change_control::actor();
+    let run_id = super::run_id("erase");
+    println!(
+        "{} customer `{}` ({}): {} personal value(s): {} user key(s), {} contact field(s), {} tag value(s) and resource name(s){}",
+        if a.dry_run { "erasure plan (dry run, nothing written) for" } else { "erasing" },
+        found.customer_id,
+        found.customer_name,
+        map.len(),
+        found.user_keys.len(),
+        found.contacts.len(),
+        found.usage.len(),
+        if short > 0 { format!("; {short} value(s) shorter than {} characters cannot be replaced safely and are left", pipeline::privacy::MIN_VALUE_CHARS) } else { String::new() }
+    );
+    let raw = plan_raw(&wh, &map, tmp.path())?;
+    for r in &raw {
+        println!("  raw `{}`: {} replacement(s) → `{}`", r.path, r.replacements, r.new_path);
+    }
+    let mut entries = Vec::new();
+    let erasure = |period: Period, tables: Vec<Value>, retained: Vec<String>, raw: &[RawChange], checks: Vec<Value>| {
+        json!({
+            "erasure_id": run_id,
+            "customer_id": found.customer_id,
+            "reason": reason,
+            "actor": actor,
+            "actor_source": actor_source,
+            "occurred_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "period": period.to_string(),
+            "values_pseudonymised": map.len(),
+            "values_too_short": short,
+            "pseudonym": "anon- + HMAC-SHA256(CSPBILL_PSEUDONYM_KEY, value), 20 hex digits",
+            "files": tables,
+            "retained_documents": retained,
+            "raw": raw.iter().map(|r| json!({"original_path": r.path, "original_sha256": r.sha256, "replacement_path": r.new_path, "replacement_sha256": r.new_sha256, "replacements": r.replacements})).collect::<Vec<_>>(),
+            "checks": checks,
+        })
+    };
+    // Raw copies are created first (create-only, content-addressed): a failure later leaves the originals and
+    // the copies, and a second erase completes the work.
+    if !a.dry_run {
+        for r in &raw {
+            let bytes = std::fs::read(&r.local).with_context(|| format!("reading `{}`", r.local.display()))?;
+            wh.create_file(&r.new_path, Bytes::from(bytes))?;
+        }
+    }
+    for &period in &periods {
+        let Some(commit) = wh.committed(period)? else { continue };
+        let dir = tmp.path().join(period.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let steps = plan_period(&wh, &commit, &map, &dir)?;
+        let changed: Vec<(&FileEntry, &Step)> = steps.iter().filter(|(_, s)| matches!(s, Step::Parquet { .. } | Step::Text { .. })).map(|(e, s)| (e, s)).collect();
+        let retained: Vec<String> = steps.iter().filter(|(_, s)| matches!(s, Step::Retained)).map(|(e, _)| e.path.clone()).collect();
+        let inputs: BTreeSet<String> = commit.manifest_json["inputs"].as_array().map(|v| v.iter().filter_map(|i| i["sha256"].as_str().map(String::from)).collect()).unwrap_or_default();
+        let period_raw: Vec<RawChange> = raw.iter().filter(|r| inputs.contains(&r.sha256)).cloned().collect();
+        let files: Vec<Value> = changed
+            .iter()
+            .map(|(e, s)| match s {
+                Step::Parquet { rows, .. } => json!({"path": e.path, "rows_changed": rows}),
+                Step::Text { replacements, .. } => json!({"path": e.path, "replacements": replacements}),
+                _ => Value::Null,
+            })
+            .collect();
+        for (e, s) in &changed {
+            match s {
+                Step::Parquet { rows, .. } => println!("  {period} `{}`: {rows} row(s)", e.path),
+                Step::Text { replacements, .. } => println!("  {period} `{}`: {replacements} replacement(s)", e.path),
+                _ => {}
+            }
+        }
+        if changed.is_empty() && period_raw.is_empty() {
+            println!("  {period}: nothing to change{}", if commit.closed { " (closed)" } else { "" });
+            continue;
+        }
+        if a.dry_run {
+            continue;
+        }
+        let checks = check_financial(&wh, &commit, &steps, &dir)?;
+        let entry = erasure(period, files, retained.clone(), &period_raw, checks);
+        let version = commit_period(&wh, &commit, &steps, &format!("{run_id}-{period}"), &entry)?;
+        println!("  {period}: version {version} committed{}", if commit.closed { " (still closed)" } else { "" });
+        entries.push(entry);
+    }
+    if a.dry_run {
+        println!("dry run: nothing was written; run again without --dry-run to erase");
+        return Ok(());
+    }
+    for r in &raw {
+        wh.delete_file(&r.path)?;
+    }
+    let mut ev = crate::change_control::Event::new("erasure", &actor, actor_source);
+    ev.reason = Some(reason.clone());
+    ev.run_id = Some(run_id.clone());
+    ev.detail = format!(
+        "customer `{}`: {} personal value(s) pseudonymised in {} period version(s); {} raw file(s) replaced by pseudonymised copies (original SHA-256: {}); issued invoice documents kept",
+        found.customer_id,
+        map.len(),
+        entries.len(),
+        raw.len(),
+        raw.iter().map(|r| r.sha256.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let path = crate::change_control::audit(&wh, ev)?;
+    println!("erasure `{run_id}` recorded in `{path}` and in the manifests of {} period version(s)", entries.len());
+    Ok(())
+}
+
+/// The customer (its spelling in customers.csv) and its personal values, from every committed period.
+fn discover(wh: &Warehouse, periods: &[Period], customer: &str, rules: &pipeline::privacy::PersonalRules, tmp: &Path) -> Result<Found> {
+    use schemas::{stg_customers as c, stg_license_activity as la, stg_pc_daily_usage as u};
+    let mut found = Found::default();
+    let mut tags: BTreeSet<String> = BTreeSet::new();
+    let mut uris: BTreeSet<String> = BTreeSet::new();
+    for &p in periods {
+        let Some(commit) = wh.committed(p)? else { continue };
+        if let Some(df) = wh.read_commit_table(&commit, c::TABLE, c::ZONE)? {
+            let ids = df.column(c::customer_id)?.str()?.clone();
+            let names = df.column(c::customer_name)?.str()?.clone();
+            let mails = df.column(c::contact_email)?.str()?.clone();
+            for i in 0..df.height() {
+                if ids.get(i).is_some_and(|id| id.eq_ignore_ascii_case(customer.trim())) {
+                    found.customer_id = ids.get(i).unwrap_or_default().to_string();
+                    found.customer_name = names.get(i).unwrap_or_default().to_string();
+                    if let Some(m) = mails.get(i).filter(|m| !m.trim().is_empty()) {
+                        found.contacts.insert(m.to_string());
+                    }
+                }
+            }
+        }
+    }
+    if found.customer_id.is_empty() {
+        return Err(Failure::usage(format!(
+            "customer `{}` is in no committed period's customers (stg_customers) of warehouse `{}`; check the id against customers.csv",
+            crate::error::clip(customer),
+            wh.url()
+        ))
+        .into());
+    }
+    let id = found.customer_id.clone();
+    for &p in periods {
+        let Some(commit) = wh.committed(p)? else { continue };
+        if let Some(df) = wh.read_commit_table(&commit, la::TABLE, la::ZONE)? {
+            let ids = df.column(la::customer_id)?.str()?.clone();
+            let keys = df.column(la::user_key)?.str()?.clone();
+            for i in 0..df.height() {
+                if ids.get(i) == Some(id.as_str())
+                    && let Some(k) = keys.get(i).filter(|k| !k.is_empty())
+                {
+                    found.user_keys.insert(k.to_string());
+                }
+            }
+        }
+        if let Some(e) = commit.files.iter().find(|f| f.table.as_deref() == Some(u::TABLE)) {
+            let local = fetch(wh, e, tmp)?;
+            let lf = scan(&local)?
+                .filter(col(u::customer_id).eq(lit(id.clone())))
+                .select([col(u::tags), col(u::resource_uri)])
+                .unique(None, UniqueKeepStrategy::Any);
+            let df = crate::spool::collect(lf, "the customer's tags and resource URIs")?;
+            for v in df.column(u::tags)?.str()?.iter().flatten() {
+                tags.insert(v.to_string());
+            }
+            for v in df.column(u::resource_uri)?.str()?.iter().flatten() {
+                uris.insert(v.to_string());
+            }
+            let _ = std::fs::remove_file(&local);
+        }
+    }
+    let known: BTreeSet<String> = found.user_keys.iter().chain(&found.contacts).cloned().collect();
+    let t: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let r: Vec<&str> = uris.iter().map(String::as_str).collect();
+    found.usage = find_personal_values(&t, &r, &known, rules);
+    Ok(found)
+}
+
+/// An issued invoice document: `marts/exports/period=P/customer=ID/<invoice>.{csv,xlsx,pdf,html}`.
+pub fn is_invoice_document(path: &str) -> bool {
+    path.starts_with("marts/exports/")
+        && path.contains("/customer=")
+        && [".csv", ".xlsx", ".pdf", ".html"].iter().any(|x| path.ends_with(x))
+}
+
+/// Files read as text (a personal value is found and replaced in them as written).
+fn is_text(path: &str) -> bool {
+    [".csv", ".html", ".json", ".jsonl", ".txt", ".svg"].iter().any(|x| path.ends_with(x))
+}
+
+/// What happens to each file of a commit.
+fn plan_period(wh: &Warehouse, commit: &Commit, map: &Pseudonyms, dir: &Path) -> Result<Vec<(FileEntry, Step)>> {
+    let mut out = Vec::new();
+    for e in &commit.files {
+        let step = if map.is_empty() {
+            Step::Carry
+        } else if is_invoice_document(&e.path) {
+            Step::Retained
+        } else if e.path.ends_with(".parquet") {
+            let local = fetch(wh, e, dir)?;
+            let schema = schema_of(&local)?;
+            let rows = match map.touches(&schema) {
+                None => 0,
+                Some(t) => {
+                    let df = crate::spool::collect(scan(&local)?.filter(t).select([len().alias("n")]), "counting rows with personal values")?;
+                    df.column("n")?.get(0)?.extract::<u64>().unwrap_or(0)
+                }
+            };
+            if rows == 0 {
+                Step::Carry
+            } else {
+                let out = dir.join(format!("{}.erased", e.path.replace('/', "__")));
+                crate::spool::sink_parquet(map.rewrite(scan(&local)?, &schema), &out, &e.path)?;
+                Step::Parquet { rows, local: out }
+            }
+        } else if is_text(&e.path) {
+            let bytes = wh.read_file(&e.data)?.unwrap_or_default();
+            match std::str::from_utf8(&bytes) {
+                Ok(text) => {
+                    let (new, n) = map.apply_text(text);
+                    if n == 0 { Step::Carry } else { Step::Text { replacements: n, bytes: Bytes::from(new) } }
+                }
+                Err(_) => Step::Carry,
+            }
+        } else {
+            Step::Carry
+        };
+        out.push((e.clone(), step));
+    }
+    Ok(out)
+}
+
+/// The run invariant: every financial table a step rewrites keeps its figures.
+fn check_financial(wh: &Warehouse, commit: &Commit, steps: &[(FileEntry, Step)], dir: &Path) -> Result<Vec<Value>> {
+    let period: Period = commit.period.parse().map_err(|e| anyhow::anyhow!("bad period in commit: {e}"))?;
+    let mut checks = Vec::new();
+    for (e, s) in steps {
+        let Some(t) = e.table.as_deref().filter(|t| super::FINANCIAL_TABLES.contains(t)) else { continue };
+        match s {
+            Step::Parquet { local, .. } => {
+                let before = fetch(wh, e, dir)?;
+                checks.push(super::check_figures_unchanged(t, period, &before, local)?);
+            }
+            _ => checks.push(json!({ "check": "financial_figures_unchanged", "table": t, "period": period.to_string(), "ok": true, "file": "unchanged" })),
+        }
+    }
+    Ok(checks)
+}
+
+/// Commits the period's new version: rewritten files, the rest carried; the manifest gains the erasure; then the
+/// data of older versions (the original bytes) is deleted. Returns the new version.
+fn commit_period(wh: &Warehouse, commit: &Commit, steps: &[(FileEntry, Step)], run_id: &str, entry: &Value) -> Result<u64> {
+    let period: Period = commit.period.parse().map_err(|e| anyhow::anyhow!("bad period in commit: {e}"))?;
+    let mut txn = wh.begin(period, run_id)?;
+    let base = txn.previous().cloned().ok_or_else(|| Failure::invariant(format!("period {period} has no commit any more; run the erasure again")))?;
+    if base.version != commit.version {
+        return Err(Failure::invariant(format!(
+            "period {period} was committed again (version {}) while the erasure read version {}; run the erasure again",
+            base.version, commit.version
+        ))
+        .into());
+    }
+    let old_runs = super::data_runs(wh, period)?;
+    txn.allow_closed_rewrite();
+    for (e, s) in steps {
+        match s {
+            Step::Parquet { local, .. } => match (e.table.as_deref(), e.zone.as_deref().and_then(zone)) {
+                (Some(t), Some(z)) => {
+                    txn.write_table_file(t, z, local, e.period_column)?;
+                }
+                _ => {
+                    txn.put_local_file(&e.path, local)?;
+                }
+            },
+            Step::Text { bytes, .. } => txn.put_file(&e.path, bytes.clone())?,
+            Step::Carry | Step::Retained => txn.carry_file(e)?,
+        }
+    }
+    let mut manifest = base.manifest_json.clone();
+    if let Some(m) = manifest.as_object_mut() {
+        let list = m.entry("erasures").or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(l) = list.as_array_mut() {
+            l.push(entry.clone());
+        }
+    }
+    let closed = base.closed;
+    let c = txn.commit(manifest, closed)?;
+    let n = super::purge_runs(wh, period, &old_runs, run_id)?;
+    tracing::info!(period = %period, version = c.version, files_removed = n, "erasure committed; older versions' data removed");
+    Ok(c.version)
+}
+
+/// A zone by its folder name.
+pub fn zone(dir: &str) -> Option<schemas::Zone> {
+    use schemas::Zone;
+    [Zone::Raw, Zone::Staged, Zone::Rejects, Zone::Int, Zone::Marts].into_iter().find(|z| z.dir() == dir)
+}
+
+/// Raw inputs holding personal values, with their pseudonymised copies (text files; `.gz` decompressed and
+/// compressed again). The customer id itself is not personal data and stays.
+fn plan_raw(wh: &Warehouse, map: &Pseudonyms, tmp: &Path) -> Result<Vec<RawChange>> {
+    let mut out = Vec::new();
+    if map.is_empty() {
+        return Ok(out);
+    }
+    for path in wh.list_files("raw/")? {
+        // raw/SOURCE/sha256=HEX/NAME
+        let parts: Vec<&str> = path.splitn(4, '/').collect();
+        let [_, source, sha, name] = parts.as_slice() else { continue };
+        let Some(sha) = sha.strip_prefix("sha256=") else { continue };
+        let Some(bytes) = wh.read_file(&path)? else { continue };
+        let gz = name.ends_with(".gz");
+        let text = if gz {
+            use std::io::Read;
+            let mut s = Vec::new();
+            if flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut s).is_err() {
+                continue;
+            }
+            s
+        } else {
+            bytes.to_vec()
+        };
+        let Ok(text) = String::from_utf8(text) else { continue };
+        let (new, n) = map.apply_text(&text);
+        if n == 0 {
+            continue;
+        }
+        let new_bytes = if gz {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(new.as_bytes())?;
+            enc.finish()?
+        } else {
+            new.into_bytes()
+        };
+        let new_sha = crate::inputs_sha256(&new_bytes);
+        let local = tmp.join(format!("raw-{new_sha}"));
+        std::fs::write(&local, &new_bytes).with_context(|| format!("writing `{}`", local.display()))?;
+        out.push(RawChange {
+            path: path.clone(),
+            sha256: sha.to_string(),
+            new_path: format!("raw/{source}/sha256={new_sha}/{name}"),
+            new_sha256: new_sha,
+            replacements: n,
+            local,
+        });
+    }
+    Ok(out)
+}
