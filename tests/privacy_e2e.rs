@@ -21,11 +21,9 @@ use pipeline::Period;
 use polars::prelude::*;
 use support::{duckdb_csv, python, walk};
 
-const C00: &str = "c613ce64-5507-4268-9109-c5bd16c60464";
+use support::{C00, JANE, MAX, VM, inject_personal_data as inject};
+
 const KEY: &str = "test-pseudonym-key-0123456789abcdef";
-const JANE: &str = "jane.doe@contoso-holdings.example";
-const MAX: &str = "max.mustermann@contoso-holdings.example";
-const VM: &str = "vm-jane.doe-04";
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cspbill"));
@@ -36,29 +34,6 @@ fn bin() -> Command {
 fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what} failed ({:?}):\n{}\n{}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Adds the personal data to customer C00's rows of a billed-usage CSV.
-fn inject(file: &Path) {
-    let text = std::fs::read_to_string(file).unwrap();
-    let out: Vec<String> = text
-        .split("\r\n")
-        .map(|l| {
-            if !l.contains(C00) {
-                return l.to_string();
-            }
-            l.replace(
-                r#"{""project"":""erp-reporting"",""environment"":""dev""}"#,
-                &format!(r#"{{""project"":""erp-reporting"",""environment"":""dev"",""createdBy"":""{JANE}""}}"#),
-            )
-            .replace("vm-dev-04", VM)
-            .replace(
-                r#"{""entity"":""subsidiary"",""environment"":""prod""}"#,
-                &format!(r#"{{""entity"":""subsidiary"",""environment"":""prod"",""owner"":""{MAX}""}}"#),
-            )
-        })
-        .collect();
-    std::fs::write(file, out.join("\r\n")).unwrap();
 }
 
 struct Ws {

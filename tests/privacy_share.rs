@@ -13,6 +13,7 @@
 use cspbill::warehouse;
 
 mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use std::process::{Command, Output};
 use pipeline::Period;
 use polars::prelude::*;
 
-const C00: &str = "c613ce64-5507-4268-9109-c5bd16c60464";
+use support::C00;
 const C01: &str = "445b2d07-1b0e-4359-8fa9-d752bd5ef589";
 
 fn sample_config() -> PathBuf {
@@ -29,8 +30,12 @@ fn sample_config() -> PathBuf {
 }
 
 fn cspbill(b: &common::Backend, args: &[&str]) -> Command {
+    cspbill_with(b, &sample_config(), args)
+}
+
+fn cspbill_with(b: &common::Backend, config: &std::path::Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cspbill"));
-    c.args(args).arg("--config").arg(sample_config()).args(["--warehouse", &b.url]).envs(common::child_env(b)).env_remove("CSPBILL_WAREHOUSE").env("NO_COLOR", "1");
+    c.args(args).arg("--config").arg(config).args(["--warehouse", &b.url]).envs(common::child_env(b)).env_remove("CSPBILL_WAREHOUSE").env("NO_COLOR", "1");
     c
 }
 
@@ -61,8 +66,15 @@ fn shared_bundles_hold_only_the_customers_rows_and_links_expire() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("signed URLs need an object-store warehouse"));
     let period = Period::new(2025, 6).unwrap();
+    // The sample, with personal data in C00's usage (tags, a VM name), some of it on the routed charges.
+    let (_tmp, ws) = support::sample_workspace();
+    for f in support::walk(&ws.join("inputs")).into_iter().filter(|f| f.to_string_lossy().contains("BilledUsage")) {
+        support::inject_personal_data(&f);
+    }
+    let config = ws.join("cspbill.toml");
+    let cspbill = |b: &common::Backend, args: &[&str]| cspbill_with(b, &config, args);
     for b in &backends[1..] {
-        ok(common::run_cspbill(b, &sample_config(), "2025-06", &[]), "run");
+        ok(common::run_cspbill(b, &config, "2025-06", &[]), "run");
         let wh = warehouse::Warehouse::open(&b.url, &b.options).unwrap();
         let commit = wh.committed(period).unwrap().unwrap();
         let rated = wh.read_table(schemas::int_charges_rated::TABLE, schemas::Zone::Int, period).unwrap().unwrap();
@@ -107,7 +119,7 @@ fn shared_bundles_hold_only_the_customers_rows_and_links_expire() {
                     let mut lines = text.lines();
                     let head: Vec<&str> = lines.next().unwrap().split(',').collect();
                     let at = head.iter().position(|h| *h == "customer_id").unwrap();
-                    let ids: BTreeSet<String> = lines.map(|l| support_split(l)[at].clone()).collect();
+                    let ids: BTreeSet<String> = lines.map(|l| csv_fields(l)[at].clone()).collect();
                     assert_eq!(ids, BTreeSet::from([cust.to_string()]), "{}: {name}", b.name);
                 }
                 if b.name == "s3" {
@@ -133,10 +145,25 @@ fn shared_bundles_hold_only_the_customers_rows_and_links_expire() {
             std::thread::sleep(std::time::Duration::from_secs(6));
             assert_eq!(get(url).0, 403, "{name} after its expiry");
         }
+        // Erasing C00 deletes the shared copies holding its personal data: C01's FOCUS file carries the routed
+        // charges' tags, C00's its own; their links stop working, the invoice documents stay shared.
+        let out = cspbill(b, &["erase", "--customer", C00, "--reason", "request 9"]).env("CSPBILL_PSEUDONYM_KEY", "share-test-key-0123456789").output().unwrap();
+        let said = ok(out, "erase");
+        assert!(said.contains("shared copy"), "{said}");
+        for cust in [C00, C01] {
+            for (name, url) in &urls[cust] {
+                let status = get(url).0;
+                if name.ends_with(".focus.parquet") {
+                    assert_ne!(status, 200, "{}: {name} of {cust} is deleted with the erasure", b.name);
+                } else {
+                    assert_eq!(status, 200, "{}: {name} of {cust} (an issued invoice) stays shared", b.name);
+                }
+            }
+        }
     }
 }
 
-fn support_split(line: &str) -> Vec<String> {
+fn csv_fields(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut q = false;

@@ -128,6 +128,12 @@ pub fn command(a: &EraseArgs) -> Result<()> {
     for r in &raw {
         println!("  raw `{}`: {} replacement(s) → `{}`", r.path, r.replacements, r.new_path);
     }
+    // Shared bundles (`_shares/`, `cspbill share`) are copies: a shared file that holds a personal value is
+    // deleted (its link stops working; share again after the erasure). Issued invoice documents stay.
+    let shares = plan_shares(&wh, &map, tmp.path())?;
+    for s in &shares {
+        println!("  shared copy `{s}`: holds personal data, deleted");
+    }
     let mut entries = Vec::new();
     let erasure = |period: Period, tables: Vec<Value>, retained: Vec<String>, raw: &[RawChange], checks: Vec<Value>| {
         json!({
@@ -199,14 +205,18 @@ pub fn command(a: &EraseArgs) -> Result<()> {
     for r in &raw {
         wh.delete_file(&r.path)?;
     }
+    for s in &shares {
+        wh.delete_file(s)?;
+    }
     let mut ev = crate::change_control::Event::new("erasure", &actor, actor_source);
     ev.reason = Some(reason.clone());
     ev.run_id = Some(run_id.clone());
     ev.detail = format!(
-        "customer `{}`: {} personal value(s) pseudonymised in {} period version(s); {} raw file(s) replaced by pseudonymised copies (original SHA-256: {}); issued invoice documents kept",
+        "customer `{}`: {} personal value(s) pseudonymised in {} period version(s); {} shared cop(ies) deleted; {} raw file(s) replaced by pseudonymised copies (original SHA-256: {}); issued invoice documents kept",
         found.customer_id,
         map.len(),
         entries.len(),
+        shares.len(),
         raw.len(),
         raw.iter().map(|r| r.sha256.as_str()).collect::<Vec<_>>().join(", ")
     );
@@ -401,6 +411,41 @@ fn commit_period(wh: &Warehouse, commit: &Commit, steps: &[(FileEntry, Step)], r
 pub fn zone(dir: &str) -> Option<schemas::Zone> {
     use schemas::Zone;
     [Zone::Raw, Zone::Staged, Zone::Rejects, Zone::Int, Zone::Marts].into_iter().find(|z| z.dir() == dir)
+}
+
+/// Shared copies (`_shares/`) holding a personal value: Parquet files with a touched row, text files with a
+/// value; issued invoice documents are kept, as in the commits.
+fn plan_shares(wh: &Warehouse, map: &Pseudonyms, tmp: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if map.is_empty() {
+        return Ok(out);
+    }
+    for path in wh.list_files("_shares/")? {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let invoice_document = !name.ends_with(".focus.parquet") && [".csv", ".xlsx", ".pdf", ".html"].iter().any(|x| name.ends_with(x));
+        if invoice_document {
+            continue;
+        }
+        let Some(bytes) = wh.read_file(&path)? else { continue };
+        let holds = if name.ends_with(".parquet") {
+            let local = tmp.join(format!("share-{}", crate::inputs_sha256(path.as_bytes())));
+            std::fs::write(&local, &bytes)?;
+            let schema = schema_of(&local)?;
+            match map.touches(&schema) {
+                None => false,
+                Some(t) => {
+                    let df = crate::spool::collect(scan(&local)?.filter(t).select([len().alias("n")]), "counting shared rows with personal values")?;
+                    df.column("n")?.get(0)?.extract::<u64>().unwrap_or(0) > 0
+                }
+            }
+        } else {
+            map.apply_text(&String::from_utf8_lossy(&bytes)).1 > 0
+        };
+        if holds {
+            out.push(path);
+        }
+    }
+    Ok(out)
 }
 
 /// Raw inputs holding personal values, with their pseudonymised copies (text files; `.gz` decompressed and
