@@ -376,6 +376,33 @@ impl Warehouse {
         self.inner.get_opt(rel_path)
     }
 
+    /// Streams a file below the root into a local file, chunk by chunk (memory stays at one chunk whatever the
+    /// file's size); false when it does not exist. For the privacy jobs, which rewrite whole tables and raw files.
+    pub fn download_file(&self, rel_path: &str, local: &std::path::Path) -> Result<bool> {
+        use tokio::io::AsyncWriteExt;
+        check_rel_path(rel_path, true)?;
+        let wh = &self.inner;
+        let p = store_path(rel_path)?;
+        let store = Arc::clone(&wh.store);
+        let local_owned = local.to_path_buf();
+        let res: std::result::Result<bool, object_store::Error> = wh.block(async move {
+            let r = match store.get(&p).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let io = |e: std::io::Error| object_store::Error::Generic { store: "local", source: Box::new(e) };
+            let mut f = tokio::fs::File::create(&local_owned).await.map_err(io)?;
+            let mut s = r.into_stream();
+            while let Some(chunk) = s.try_next().await? {
+                f.write_all(&chunk).await.map_err(io)?;
+            }
+            f.flush().await.map_err(io)?;
+            Ok(true)
+        });
+        res.map_err(|e| wh.store_err("reading", rel_path, e))
+    }
+
     /// Creates a file below the root only if it does not exist yet (a conditional create, as the commit pointer
     /// is written): false when it already existed. For append-only logs and create-once records.
     pub fn create_file(&self, rel_path: &str, bytes: Bytes) -> Result<bool> {

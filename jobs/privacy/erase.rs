@@ -89,6 +89,8 @@ struct RawChange {
     replacements: usize,
     /// The pseudonymised copy, in the temporary folder until it is landed.
     local: PathBuf,
+    source: String,
+    name: String,
 }
 
 pub fn command(a: &EraseArgs) -> Result<()> {
@@ -157,8 +159,7 @@ pub fn command(a: &EraseArgs) -> Result<()> {
     // the copies, and a second erase completes the work.
     if !a.dry_run {
         for r in &raw {
-            let bytes = std::fs::read(&r.local).with_context(|| format!("reading `{}`", r.local.display()))?;
-            wh.create_file(&r.new_path, Bytes::from(bytes))?;
+            wh.land_raw_file(&r.source, &r.name, &r.new_sha256, &r.local)?;
         }
     }
     for &period in &periods {
@@ -448,8 +449,9 @@ fn plan_shares(wh: &Warehouse, map: &Pseudonyms, tmp: &Path) -> Result<Vec<Strin
     Ok(out)
 }
 
-/// Raw inputs holding personal values, with their pseudonymised copies (text files; `.gz` decompressed and
-/// compressed again). The customer id itself is not personal data and stays.
+/// Raw inputs holding personal values, with their pseudonymised copies written to `tmp` (text files, line by
+/// line, so memory stays at one line; `.gz` decompressed and compressed again). Files that are not UTF-8 text are
+/// left as they are.
 fn plan_raw(wh: &Warehouse, map: &Pseudonyms, tmp: &Path) -> Result<Vec<RawChange>> {
     let mut out = Vec::new();
     if map.is_empty() {
@@ -460,42 +462,75 @@ fn plan_raw(wh: &Warehouse, map: &Pseudonyms, tmp: &Path) -> Result<Vec<RawChang
         let parts: Vec<&str> = path.splitn(4, '/').collect();
         let [_, source, sha, name] = parts.as_slice() else { continue };
         let Some(sha) = sha.strip_prefix("sha256=") else { continue };
-        let Some(bytes) = wh.read_file(&path)? else { continue };
-        let gz = name.ends_with(".gz");
-        let text = if gz {
-            use std::io::Read;
-            let mut s = Vec::new();
-            if flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut s).is_err() {
-                continue;
-            }
-            s
-        } else {
-            bytes.to_vec()
-        };
-        let Ok(text) = String::from_utf8(text) else { continue };
-        let (new, n) = map.apply_text(&text);
-        if n == 0 {
+        let original = tmp.join(format!("raw-{sha}"));
+        if !wh.download_file(&path, &original)? {
             continue;
         }
-        let new_bytes = if gz {
-            use std::io::Write;
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            enc.write_all(new.as_bytes())?;
-            enc.finish()?
-        } else {
-            new.into_bytes()
+        let copy = tmp.join(format!("raw-{sha}.erased"));
+        let n = rewrite_text_file(&original, &copy, map, name.ends_with(".gz"))?;
+        let _ = std::fs::remove_file(&original);
+        let Some(n) = n.filter(|n| *n > 0) else {
+            let _ = std::fs::remove_file(&copy);
+            continue;
         };
-        let new_sha = crate::inputs_sha256(&new_bytes);
-        let local = tmp.join(format!("raw-{new_sha}"));
-        std::fs::write(&local, &new_bytes).with_context(|| format!("writing `{}`", local.display()))?;
+        let new_sha = sha256_file(&copy)?;
         out.push(RawChange {
             path: path.clone(),
             sha256: sha.to_string(),
             new_path: format!("raw/{source}/sha256={new_sha}/{name}"),
             new_sha256: new_sha,
             replacements: n,
-            local,
+            local: copy,
+            source: source.to_string(),
+            name: name.to_string(),
         });
     }
     Ok(out)
+}
+
+/// Copies a text file replacing personal values line by line; None when it is not UTF-8 text (or not gzip).
+fn rewrite_text_file(from: &Path, to: &Path, map: &Pseudonyms, gz: bool) -> Result<Option<usize>> {
+    use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+    let file = std::fs::File::open(from).with_context(|| format!("opening `{}`", from.display()))?;
+    let reader: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(file)) } else { Box::new(file) };
+    let mut reader = BufReader::new(reader);
+    let out = std::fs::File::create(to).with_context(|| format!("writing `{}`", to.display()))?;
+    let mut writer: Box<dyn Write> = if gz {
+        Box::new(flate2::write::GzEncoder::new(BufWriter::new(out), flate2::Compression::default()))
+    } else {
+        Box::new(BufWriter::new(out))
+    };
+    let mut line = Vec::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+        let Ok(text) = std::str::from_utf8(&line) else { return Ok(None) };
+        let (new, k) = map.apply_text(text);
+        n += k;
+        writer.write_all(new.as_bytes())?;
+    }
+    writer.flush()?;
+    drop(writer);
+    Ok(Some(n))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+    }
+    Ok(hex::encode(h.finalize()))
 }

@@ -119,11 +119,10 @@ pub fn committed_periods(wh: &Warehouse) -> Result<Vec<Period>> {
 
 /// Downloads the data file of a commit entry into `dir` (same file name as its path, flattened).
 pub fn fetch(wh: &Warehouse, entry: &FileEntry, dir: &Path) -> Result<PathBuf> {
-    let bytes = wh
-        .read_file(&entry.data)?
-        .ok_or_else(|| Failure::invariant(format!("`{}` is missing from warehouse `{}` although a commit refers to it; re-run the period", entry.data, wh.url())))?;
     let local = dir.join(entry.path.replace('/', "__"));
-    std::fs::write(&local, &bytes).with_context(|| format!("writing `{}`", local.display()))?;
+    if !wh.download_file(&entry.data, &local)? {
+        return Err(Failure::invariant(format!("`{}` is missing from warehouse `{}` although a commit refers to it; re-run the period", entry.data, wh.url())).into());
+    }
     Ok(local)
 }
 
