@@ -160,6 +160,14 @@ fn shared_bundles_hold_only_the_customers_rows_and_links_expire() {
                 }
             }
         }
+        // Retention on the object store: in 2030 the links have expired (their copies are deleted) and June 2025
+        // is past the telemetry window (aggregated as a new version), not yet past the financial term.
+        let before = wh.committed(period).unwrap().unwrap();
+        ok(cspbill(b, &["retention", "--apply", "--as-of", "2030-01-01"]).output().unwrap(), "retention");
+        assert_eq!(wh.list_files("_shares/").unwrap(), Vec::<String>::new(), "{}: expired shares deleted", b.name);
+        let after = wh.committed(period).unwrap().unwrap();
+        assert_eq!(after.version, before.version + 1);
+        assert!(after.manifest_json["retention"]["aggregated"].as_array().is_some_and(|a| !a.is_empty()));
     }
 }
 

@@ -8,7 +8,8 @@
 //! warehouse's credentials: S3 (SigV4 query signature, at most 7 days), Azure (a service SAS with read
 //! permission), GCS (V4 signed URL; untested here: no GCS emulator speaks object_store's API). URLs go to
 //! standard output only, never to logs, the manifest or the audit log (they are bearer credentials until
-//! they expire); the audit log records who shared what with which expiry.
+//! they expire); the audit log records who shared what with which expiry. `cspbill retention` deletes the copy
+//! once its links have expired (`share.json` beside the files says when).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ pub struct ShareArgs {
     #[arg(long, env = "CSPBILL_WAREHOUSE")]
     pub warehouse: Option<String>,
 }
+
+/// The record beside a shared bundle (not shared itself): customer, period, expiry, files.
+pub const SHARE_RECORD: &str = "share.json";
 
 /// The longest expiry: S3's SigV4 limit, and a sensible bound for a bearer link.
 const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -170,6 +174,9 @@ pub fn command(a: &ShareArgs) -> Result<()> {
         println!("{name}\t{signed}");
         shared.push(serde_json::json!({"file": name, "sha256": f.sha256, "bytes": f.bytes}));
     }
+    // What retention needs to delete the copy once its links have expired.
+    let record = serde_json::json!({"customer_id": customer, "period": a.period.to_string(), "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "files": shared});
+    wh.create_file(&format!("{dir}/{SHARE_RECORD}"), bytes::Bytes::from(serde_json::to_vec_pretty(&record)?))?;
     eprintln!(
         "shared {} file(s) of customer `{customer}` for {}: links expire at {} (read-only); send them over a channel you trust",
         shared.len(),

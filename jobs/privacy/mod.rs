@@ -199,3 +199,45 @@ pub fn check_figures_unchanged(table: &str, period: Period, before: &Path, after
     }
     Ok(serde_json::json!({ "check": "financial_figures_unchanged", "table": table, "period": period.to_string(), "rows": a.height(), "ok": true }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, mut df: DataFrame) -> PathBuf {
+        let p = dir.join(name);
+        ParquetWriter::new(std::fs::File::create(&p).unwrap()).finish(&mut df).unwrap();
+        p
+    }
+
+    fn invoices(desc: &str, total: &str) -> DataFrame {
+        let total = Series::new("total".into(), [total, "5.00"]).cast(&DataType::Decimal(38, 18)).unwrap();
+        DataFrame::new_infer_height(vec![
+            Column::new("invoice_number".into(), ["FCP-202506-0001", "FCP-202506-0002"]),
+            Column::new("description".into(), [desc, "other"]),
+            total.into_column(),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn figures_check_accepts_new_text_and_refuses_a_changed_amount() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Period::new(2025, 6).unwrap();
+        let before = write(d.path(), "a.parquet", invoices("set-up for jane.doe@x.example", "10.00"));
+        let text = write(d.path(), "b.parquet", invoices("set-up for anon-0123456789abcdef0123", "10.00"));
+        let amount = write(d.path(), "c.parquet", invoices("set-up for anon-0123456789abcdef0123", "10.01"));
+        assert!(check_figures_unchanged("fct_invoices", p, &before, &text).is_ok());
+        let err = check_figures_unchanged("fct_invoices", p, &before, &amount).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 1);
+        assert!(format!("{err:#}").contains("`fct_invoices` of period 2025-06 would change its figures"));
+    }
+
+    #[test]
+    fn pseudonyms_are_keyed_and_stable() {
+        // RFC 4231 test case 2: HMAC-SHA256(key "Jefe", "what do ya want for nothing?").
+        assert_eq!(pseudonym(b"Jefe", "what do ya want for nothing?"), "anon-5bdcc146bf60754e6a04");
+        assert_eq!(pseudonym(b"key-one-0123456789", "jane"), pseudonym(b"key-one-0123456789", "jane"));
+        assert_ne!(pseudonym(b"key-one-0123456789", "jane"), pseudonym(b"key-two-0123456789", "jane"));
+    }
+}

@@ -158,6 +158,16 @@ pub fn command(a: &RetentionArgs) -> Result<()> {
             }
         }
     }
+    // Shared bundles whose links expired before the as-of day: the copies are deleted.
+    for (dir, expires, files) in expired_shares(&wh, as_of)? {
+        println!("  shared bundle `{dir}`: links expired {expires}: delete {} file(s)", files.len());
+        if a.apply {
+            for f in &files {
+                wh.delete_file(f)?;
+            }
+            done.push(json!({"share": dir, "action": "deleted", "expired": expires, "files": files.len()}));
+        }
+    }
     if a.apply && !done.is_empty() {
         let mut ev = crate::change_control::Event::new("retention", &actor, source);
         ev.run_id = Some(run_id.clone());
@@ -167,6 +177,24 @@ pub fn command(a: &RetentionArgs) -> Result<()> {
         println!("recorded in `{path}`");
     }
     Ok(())
+}
+
+/// The shared bundles (`_shares/.../<share>/`) whose `share.json` says their links expired before `as_of`:
+/// (folder, expiry, every file of the folder).
+fn expired_shares(wh: &Warehouse, as_of: NaiveDate) -> Result<Vec<(String, String, Vec<String>)>> {
+    let all = wh.list_files("_shares/")?;
+    let mut out = Vec::new();
+    for rec in all.iter().filter(|f| f.ends_with(&format!("/{}", super::bundles::SHARE_RECORD))) {
+        let dir = rec.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+        let Some(bytes) = wh.read_file(rec)? else { continue };
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let Some(expires) = v["expires_at"].as_str().and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok()) else { continue };
+        if expires.date_naive() < as_of {
+            let files = all.iter().filter(|f| f.starts_with(&format!("{dir}/"))).cloned().collect();
+            out.push((dir, expires.to_rfc3339(), files));
+        }
+    }
+    Ok(out)
 }
 
 fn input_shas(c: &Commit) -> Vec<String> {
