@@ -269,7 +269,14 @@ fn erase_pseudonymises_every_period_and_keeps_every_invoice() {
     assert_eq!(audit[0]["actor"], "dpo@msp.example");
     assert!(audit[0]["detail"].as_str().unwrap().contains(&original));
 
-    // 6. The periods still work: June runs again on top of the erased version.
+    // 6. A second erasure finds nothing left to erase (pseudonyms are never pseudonymised again) and writes
+    //    nothing but its audit event.
+    let files_now: BTreeMap<PathBuf, String> = hashes(&ws.wh).into_iter().filter(|(p, _)| !p.starts_with("_audit")).collect();
+    let again = ok(bin().args(["erase", "--customer", C00, "--reason", "GDPR request 2025-031, again", "--config"]).arg(&ws.june).env("CSPBILL_PSEUDONYM_KEY", KEY).output().unwrap(), "erase again");
+    assert!(again.contains("2025-05: nothing to change (closed)") && again.contains("2025-06: nothing to change"), "{again}");
+    assert_eq!(hashes(&ws.wh).into_iter().filter(|(p, _)| !p.starts_with("_audit")).collect::<BTreeMap<_, _>>(), files_now);
+
+    // 7. The periods still work: June runs again on top of the erased version.
     ok(bin().args(["run", "--period", "2025-06", "--config"]).arg(&ws.june).output().unwrap(), "June after the erasure");
 }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use pipeline::Period;
-use pipeline::privacy::{Pseudonyms, find_personal_values, too_short};
+use pipeline::privacy::{Pseudonyms, find_personal_values, is_pseudonym, too_short};
 use polars::prelude::*;
 use serde_json::{Value, json};
 
@@ -162,6 +162,17 @@ pub fn command(a: &EraseArgs) -> Result<()> {
             wh.land_raw_file(&r.source, &r.name, &r.new_sha256, &r.local)?;
         }
     }
+    // A raw original is deleted once every period using it is erased (a failure half-way leaves each period
+    // either erased with its raw files, or as it was).
+    let mut uses: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for &period in &periods {
+        if let Some(c) = wh.committed(period)? {
+            for sha in input_shas(&c) {
+                *uses.entry(sha).or_default() += 1;
+            }
+        }
+    }
+    let mut raw_deleted: BTreeSet<String> = BTreeSet::new();
     for &period in &periods {
         let Some(commit) = wh.committed(period)? else { continue };
         let dir = tmp.path().join(period.to_string());
@@ -169,7 +180,7 @@ pub fn command(a: &EraseArgs) -> Result<()> {
         let steps = plan_period(&wh, &commit, &map, &dir)?;
         let changed: Vec<(&FileEntry, &Step)> = steps.iter().filter(|(_, s)| matches!(s, Step::Parquet { .. } | Step::Text { .. })).map(|(e, s)| (e, s)).collect();
         let retained: Vec<String> = steps.iter().filter(|(_, s)| matches!(s, Step::Retained)).map(|(e, _)| e.path.clone()).collect();
-        let inputs: BTreeSet<String> = commit.manifest_json["inputs"].as_array().map(|v| v.iter().filter_map(|i| i["sha256"].as_str().map(String::from)).collect()).unwrap_or_default();
+        let inputs: BTreeSet<String> = input_shas(&commit).into_iter().collect();
         let period_raw: Vec<RawChange> = raw.iter().filter(|r| inputs.contains(&r.sha256)).cloned().collect();
         let files: Vec<Value> = changed
             .iter()
@@ -186,24 +197,38 @@ pub fn command(a: &EraseArgs) -> Result<()> {
                 _ => {}
             }
         }
-        if changed.is_empty() && period_raw.is_empty() {
-            println!("  {period}: nothing to change{}", if commit.closed { " (closed)" } else { "" });
-            continue;
-        }
         if a.dry_run {
             continue;
         }
-        let checks = check_financial(&wh, &commit, &steps, &dir)?;
-        let entry = erasure(period, files, retained.clone(), &period_raw, checks);
-        let version = commit_period(&wh, &commit, &steps, &format!("{run_id}-{period}"), &entry)?;
-        println!("  {period}: version {version} committed{}", if commit.closed { " (still closed)" } else { "" });
-        entries.push(entry);
+        if changed.is_empty() && period_raw.is_empty() {
+            println!("  {period}: nothing to change{}", if commit.closed { " (closed)" } else { "" });
+        } else {
+            let checks = check_financial(&wh, &commit, &steps, &dir)?;
+            let entry = erasure(period, files, retained.clone(), &period_raw, checks);
+            let version = commit_period(&wh, &commit, &steps, &format!("{run_id}-{period}"), &entry)?;
+            println!("  {period}: version {version} committed{}", if commit.closed { " (still closed)" } else { "" });
+            entries.push(entry);
+        }
+        for sha in &inputs {
+            if let Some(n) = uses.get_mut(sha) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let done: Vec<String> = raw
+            .iter()
+            .filter(|r| uses.get(&r.sha256).is_none_or(|n| *n == 0) && !raw_deleted.contains(&r.path))
+            .map(|r| r.path.clone())
+            .collect();
+        for path in done {
+            wh.delete_file(&path)?;
+            raw_deleted.insert(path);
+        }
     }
     if a.dry_run {
         println!("dry run: nothing was written; run again without --dry-run to erase");
         return Ok(());
     }
-    for r in &raw {
+    for r in raw.iter().filter(|r| !raw_deleted.contains(&r.path)) {
         wh.delete_file(&r.path)?;
     }
     for s in &shares {
@@ -291,7 +316,15 @@ fn discover(wh: &Warehouse, periods: &[Period], customer: &str, rules: &pipeline
     let t: Vec<&str> = tags.iter().map(String::as_str).collect();
     let r: Vec<&str> = uris.iter().map(String::as_str).collect();
     found.usage = find_personal_values(&t, &r, &known, rules);
+    // A value erased before is a pseudonym now: never pseudonymised again (a second erasure finds nothing).
+    for set in [&mut found.user_keys, &mut found.contacts, &mut found.usage] {
+        set.retain(|v| !is_pseudonym(v));
+    }
     Ok(found)
+}
+
+fn input_shas(c: &Commit) -> Vec<String> {
+    c.manifest_json["inputs"].as_array().map(|v| v.iter().filter_map(|i| i["sha256"].as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 /// An issued invoice document: `marts/exports/period=P/customer=ID/<invoice>.{csv,xlsx,pdf,html}`.

@@ -172,6 +172,11 @@ fn replace(re: &regex::Regex, map: &std::collections::HashMap<String, String>, t
     (out.into_owned(), n)
 }
 
+/// Whether a value is a pseudonym (`anon-` and 20 lower-case hex digits), as `jobs::privacy::pseudonym` makes them.
+pub fn is_pseudonym(v: &str) -> bool {
+    v.len() == 25 && v.starts_with("anon-") && v[5..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Values too short to be replaced as substrings (reported, not replaced).
 pub fn too_short<'a>(values: impl IntoIterator<Item = &'a String>) -> usize {
     values.into_iter().filter(|v| v.chars().count() < MIN_VALUE_CHARS).count()
@@ -272,6 +277,8 @@ mod tests {
         let vs: Vec<&str> = m.values().collect();
         assert_eq!(vs, vec!["jane.doe@contoso.example", "vm-jane.doe-01", "u-abc123"]);
         assert_eq!(too_short([&"jd".to_string(), &"abcd".to_string()]), 1);
+        assert!(is_pseudonym("anon-0123456789abcdef0123"));
+        assert!(!is_pseudonym("anon-0123456789abcdef012") && !is_pseudonym("anon-0123456789ABCDEF0123") && !is_pseudonym("jane"));
     }
 
     #[test]
