@@ -309,7 +309,7 @@ pub fn post(url: &str, body: &Value, timeout: Duration, retries: u32) -> std::re
             Ok(r) if r.status().is_success() => return Ok(attempt),
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => last = format!("HTTP {}", r.status()),
             Ok(r) => return Err((attempt, format!("HTTP {} (not retried: check the webhook URL)", r.status()))),
-            Err(e) => last = if e.is_timeout() { format!("no answer within {} s", timeout.as_secs()) } else { format!("{}", error_chain(&e.without_url())) },
+            Err(e) => last = if e.is_timeout() { format!("no answer within {} s", timeout.as_secs()) } else { format!("{}", error_chain(&e)) },
         }
         if attempt <= retries {
             std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));

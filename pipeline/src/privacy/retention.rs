@@ -60,6 +60,14 @@ pub const AGGREGATIONS: &[Aggregation] = &[
         sum: &["quantity", "cost", "price"],
         only: Some(resource_rows),
     },
+    // Rejected usage rows stay one by one (file, line, reason, amount: the evidence that nothing was lost); only
+    // their raw text, which names resources and tags, is emptied.
+    Aggregation {
+        table: schemas::rejects_pc_daily_usage::TABLE,
+        blank: &["raw"],
+        sum: &["billing_pre_tax_total"],
+        only: None,
+    },
     Aggregation {
         table: schemas::focus_cost_and_usage::TABLE,
         blank: &["ResourceId", "ResourceName", "Tags", "x_PartId", "x_SourceLineId", "x_ResourceGroupName"],
