@@ -134,7 +134,7 @@ pub fn command(a: &EraseArgs) -> Result<()> {
     // deleted (its link stops working; share again after the erasure). Issued invoice documents stay.
     let shares = plan_shares(&wh, &map, tmp.path())?;
     for s in &shares {
-        println!("  shared copy `{s}`: holds personal data, deleted");
+        println!("  shared copy `{s}`: holds personal data, {}", if a.dry_run { "would be deleted" } else { "deleted" });
     }
     let mut entries = Vec::new();
     let erasure = |period: Period, tables: Vec<Value>, retained: Vec<String>, raw: &[RawChange], checks: Vec<Value>| {
