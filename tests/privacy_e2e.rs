@@ -150,6 +150,11 @@ fn erase_pseudonymises_every_period_and_keeps_every_invoice() {
     let ws = two_periods();
     let values = personal_values(&ws);
     let py = python();
+    // A report published outside the commits (as `cspbill compare` publishes `rpt_parallel_run`), here holding
+    // personal data: a copy of June's staged usage.
+    let report = ws.wh.join("marts/rpt_drift/period=2025-06/part-0.parquet");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    std::fs::copy(ws.wh.join("staged/stg_pc_daily_usage/period=2025-06/part-0.parquet"), &report).unwrap();
     let before_files = hashes(&ws.wh);
     let snapshot = ws.wh.with_extension("before");
     support::copy_dir(&ws.wh, &snapshot);
@@ -174,6 +179,7 @@ fn erase_pseudonymises_every_period_and_keeps_every_invoice() {
 
     let said = ok(bin().args(["erase", "--customer", C00, "--reason", "GDPR request 2025-031", "--config"]).arg(&ws.june).env("CSPBILL_PSEUDONYM_KEY", KEY).output().unwrap(), "erase");
     assert!(said.contains("2025-05: version 2 committed (still closed)"), "{said}");
+    assert!(said.contains("report `marts/rpt_drift/period=2025-06/part-0.parquet` (outside the commits)"), "{said}");
 
     // 1. No original value anywhere: every Parquet file (tables, FOCUS files, every run's data), every raw file,
     //    every other file but the issued invoice documents.

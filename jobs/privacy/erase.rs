@@ -8,7 +8,7 @@
 //! `CSPBILL_PSEUDONYM_KEY`), the same everywhere, so joins still work.
 //!
 //! Where: every Parquet file of every committed period (tables and the per-invoice FOCUS files), the text files
-//! of a commit (reports, anomaly lines, ledger exports), and the raw inputs under `raw/`, which are replaced by
+//! of a commit (reports, anomaly lines, ledger exports), the reports published outside the commits (in place), and the raw inputs under `raw/`, which are replaced by
 //! pseudonymised copies at their new content address (the original SHA-256 stays in the manifest and the audit
 //! log). Kept unchanged: the issued invoice documents (`marts/exports/.../customer=ID/INVOICE.{csv,xlsx,pdf,html}`),
 //! which are the legal record; key columns (customer ids, invoice numbers); every amount and date.
@@ -136,6 +136,12 @@ pub fn command(a: &EraseArgs) -> Result<()> {
     for s in &shares {
         println!("  shared copy `{s}`: holds personal data, {}", if a.dry_run { "would be deleted" } else { "deleted" });
     }
+    // Reports published outside the commits (`rpt_parallel_run`, `rpt_drift`: one Parquet file at its Hive path,
+    // replaced by one atomic PUT) are pseudonymised in place.
+    let reports = plan_reports(&wh, &periods, &map, tmp.path())?;
+    for (path, rows, _) in &reports {
+        println!("  report `{path}` (outside the commits): {rows} row(s)");
+    }
     let mut entries = Vec::new();
     let erasure = |period: Period, tables: Vec<Value>, retained: Vec<String>, raw: &[RawChange], checks: Vec<Value>| {
         json!({
@@ -233,6 +239,10 @@ pub fn command(a: &EraseArgs) -> Result<()> {
     }
     for s in &shares {
         wh.delete_file(s)?;
+    }
+    for (path, _, local) in &reports {
+        let bytes = std::fs::read(local).with_context(|| format!("reading `{}`", local.display()))?;
+        wh.replace_file(path, Bytes::from(bytes))?;
     }
     let mut ev = crate::change_control::Event::new("erasure", &actor, actor_source);
     ev.reason = Some(reason.clone());
@@ -445,6 +455,41 @@ fn commit_period(wh: &Warehouse, commit: &Commit, steps: &[(FileEntry, Step)], r
 pub fn zone(dir: &str) -> Option<schemas::Zone> {
     use schemas::Zone;
     [Zone::Raw, Zone::Staged, Zone::Rejects, Zone::Int, Zone::Marts].into_iter().find(|z| z.dir() == dir)
+}
+
+/// Parquet files under `marts/` that no commit names (reports of committed periods, see docs/warehouse.md) and
+/// that hold a personal value: (path, rows changed, the rewritten local file).
+fn plan_reports(wh: &Warehouse, periods: &[Period], map: &Pseudonyms, tmp: &Path) -> Result<Vec<(String, u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if map.is_empty() {
+        return Ok(out);
+    }
+    let mut committed: BTreeSet<String> = BTreeSet::new();
+    for &p in periods {
+        if let Some(c) = wh.committed(p)? {
+            committed.extend(c.files.into_iter().map(|f| f.path));
+        }
+    }
+    for path in wh.list_files("marts/")? {
+        if !path.ends_with(".parquet") || committed.contains(&path) || path.starts_with("marts/exports/") {
+            continue;
+        }
+        let local = tmp.join(format!("report-{}", crate::inputs_sha256(path.as_bytes())));
+        if !wh.download_file(&path, &local)? {
+            continue;
+        }
+        let schema = schema_of(&local)?;
+        let Some(t) = map.touches(&schema) else { continue };
+        let df = crate::spool::collect(scan(&local)?.filter(t).select([len().alias("n")]), "counting report rows with personal values")?;
+        let rows = df.column("n")?.get(0)?.extract::<u64>().unwrap_or(0);
+        if rows == 0 {
+            continue;
+        }
+        let target = tmp.join(format!("report-{}.erased", crate::inputs_sha256(path.as_bytes())));
+        crate::spool::sink_parquet(map.rewrite(scan(&local)?, &schema), &target, &path)?;
+        out.push((path, rows, target));
+    }
+    Ok(out)
 }
 
 /// Shared copies (`_shares/`) holding a personal value: Parquet files with a touched row, text files with a
