@@ -236,7 +236,9 @@ pub fn publish_new(cfg: &Config, wh: &Warehouse, txn: &mut Txn, report: &Report,
         sha256: out.sha256,
     });
     let mut alerts = json!({"new_anomalies": new.len(), "webhook": "not configured", "webhook_failures": 0});
-    if let Some(url) = cfg.alerts.webhook_url.as_deref().filter(|u| !u.trim().is_empty()) {
+    // `CSPBILL_WEBHOOK_URL` (a secret: incoming-webhook URLs carry their token) wins over `[alerts] webhook_url`.
+    let from_env = std::env::var("CSPBILL_WEBHOOK_URL").ok();
+    if let Some(url) = from_env.as_deref().or(cfg.alerts.webhook_url.as_deref()).filter(|u| !u.trim().is_empty()) {
         if new.is_empty() {
             alerts["webhook"] = "nothing new to send".into();
         } else {

@@ -105,6 +105,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::change_control::RefCommand,
     },
+    /// GDPR erasure: pseudonymise a customer's personal data in every period, keeping its invoices.
+    Erase(crate::privacy::erase::EraseArgs),
+    /// Apply the retention schedule of `[retention]`: aggregate old telemetry, delete expired periods.
+    Retention(crate::privacy::retention::RetentionArgs),
+    /// Share a customer's invoice and FOCUS bundle of a period as read-only signed URLs that expire.
+    Share(crate::privacy::bundles::ShareArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -211,6 +217,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Drift(a) => crate::drift::command(&a),
         Command::Generate(g) => crate::generate::generate(&g),
         Command::Ref { cmd } => crate::change_control::command(cmd),
+        Command::Erase(a) => crate::privacy::erase::command(&a),
+        Command::Retention(a) => crate::privacy::retention::command(&a),
+        Command::Share(a) => crate::privacy::bundles::command(&a),
     }
 }
 

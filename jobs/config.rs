@@ -45,6 +45,12 @@ pub struct Config {
     /// Run-health metrics: a Prometheus textfile and an optional Pushgateway (`[metrics]`, see `jobs/metrics.rs`).
     #[serde(default)]
     pub metrics: crate::metrics::MetricsSettings,
+    /// What counts as personal data for `cspbill erase` (`[privacy]`, see `jobs/privacy/`).
+    #[serde(default)]
+    pub privacy: crate::privacy::PrivacySettings,
+    /// The retention schedule (`[retention]`: `telemetry_days`, `financial_years`; `cspbill retention`).
+    #[serde(default)]
+    pub retention: crate::privacy::RetentionSettings,
     /// The folder the file is in: relative paths resolve against it. Not read from the file.
     #[serde(skip)]
     pub base_dir: PathBuf,

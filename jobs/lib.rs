@@ -23,6 +23,7 @@ pub mod late;
 pub mod ledger;
 pub mod manifest;
 pub mod metrics;
+pub mod privacy;
 pub mod reference;
 pub mod run;
 pub mod snapshot;

@@ -152,6 +152,9 @@ pub struct Txn {
     /// committed pointer (a write can land although the store reported an error), so it is never deleted by
     /// this run; a later commit's garbage collection removes it if it stayed unreferenced.
     commit_attempted: bool,
+    /// Set by `allow_closed_rewrite`: an erasure or a retention pass may write a new version of a closed period
+    /// (with the same invoice figures, which they check); nothing else may.
+    rewrite_closed: bool,
 }
 
 impl fmt::Debug for Warehouse {
@@ -268,6 +271,7 @@ impl Warehouse {
             files: BTreeMap::new(),
             finished: false,
             commit_attempted: false,
+            rewrite_closed: false,
         };
         // From here on, dropping `txn` on an error releases the lock.
         txn.base = wh.roll_forward(period)?;
@@ -370,6 +374,33 @@ impl Warehouse {
     pub fn read_file(&self, rel_path: &str) -> Result<Option<Bytes>> {
         check_rel_path(rel_path, true)?;
         self.inner.get_opt(rel_path)
+    }
+
+    /// Streams a file below the root into a local file, chunk by chunk (memory stays at one chunk whatever the
+    /// file's size); false when it does not exist. For the privacy jobs, which rewrite whole tables and raw files.
+    pub fn download_file(&self, rel_path: &str, local: &std::path::Path) -> Result<bool> {
+        use tokio::io::AsyncWriteExt;
+        check_rel_path(rel_path, true)?;
+        let wh = &self.inner;
+        let p = store_path(rel_path)?;
+        let store = Arc::clone(&wh.store);
+        let local_owned = local.to_path_buf();
+        let res: std::result::Result<bool, object_store::Error> = wh.block(async move {
+            let r = match store.get(&p).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let io = |e: std::io::Error| object_store::Error::Generic { store: "local", source: Box::new(e) };
+            let mut f = tokio::fs::File::create(&local_owned).await.map_err(io)?;
+            let mut s = r.into_stream();
+            while let Some(chunk) = s.try_next().await? {
+                f.write_all(&chunk).await.map_err(io)?;
+            }
+            f.flush().await.map_err(io)?;
+            Ok(true)
+        });
+        res.map_err(|e| wh.store_err("reading", rel_path, e))
     }
 
     /// Creates a file below the root only if it does not exist yet (a conditional create, as the commit pointer
@@ -581,6 +612,25 @@ impl Txn {
         Ok(entry)
     }
 
+    /// Lets this run commit a new version of a closed period: for the privacy jobs only (`jobs/privacy/`), which
+    /// rewrite personal or expired data and check that every invoice figure stays the same. The new version
+    /// stays closed when the caller commits with `close = true`.
+    pub fn allow_closed_rewrite(&mut self) {
+        self.rewrite_closed = true;
+    }
+
+    /// Carries a file of the previous commit into this run unchanged: a server-side copy of its data to this
+    /// run's private prefix (the old run's data is collected two commits later), same path, rows and checksum.
+    pub fn carry_file(&mut self, entry: &FileEntry) -> Result<()> {
+        let data = format!("{}/{}", run_prefix(self.period, &self.run_id), entry.path);
+        let (from, to) = (store_path(&entry.data)?, store_path(&data)?);
+        self.wh
+            .block(self.wh.store.copy(&from, &to))
+            .map_err(|e| self.wh.store_err("copying", &entry.data, e))?;
+        self.files.insert(entry.path.clone(), FileEntry { data, ..entry.clone() });
+        Ok(())
+    }
+
     /// Writes any other file of the run (exports) at `rel_path` below the root, published with the commit.
     /// Every segment is checked: no `..`, no absolute paths, nothing under `_`-prefixed internal folders or `raw/`.
     pub fn put_file(&mut self, rel_path: &str, bytes: Bytes) -> Result<()> {
@@ -636,6 +686,7 @@ impl Txn {
         let period = self.period;
         if let Some(b) = &self.base
             && b.closed
+            && !self.rewrite_closed
         {
             return Err(Failure::invariant(format!(
                 "period {period} was closed by run `{}` (commit {}); a closed period is never rewritten: bill late data as adjustments in an open period",

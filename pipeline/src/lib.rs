@@ -22,6 +22,7 @@ pub mod invariants;
 pub mod invoice;
 pub mod ledger;
 pub mod lineid;
+pub mod privacy;
 pub mod rate;
 pub mod reference;
 pub mod source;

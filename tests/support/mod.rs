@@ -158,3 +158,35 @@ pub fn restate_one_usage_row(dir: &Path) {
     }
     std::fs::write(&file, lines.concat()).unwrap();
 }
+
+/// Customer C00 of the generated sample (Contoso Holdings AG) and the personal data the privacy tests add to its
+/// usage rows (`inject_personal_data`).
+pub const C00: &str = "c613ce64-5507-4268-9109-c5bd16c60464";
+pub const JANE: &str = "jane.doe@contoso-holdings.example";
+pub const MAX: &str = "max.mustermann@contoso-holdings.example";
+pub const VM: &str = "vm-jane.doe-04";
+
+/// Adds personal data to customer C00's rows of a generated billed-usage CSV, as real tenants have it: a
+/// `createdBy` e-mail tag, a VM named after its owner (and its disk), and an `owner` e-mail on the charges the
+/// sample's tag rule routes to another customer (`entity=subsidiary`).
+pub fn inject_personal_data(file: &Path) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let out: Vec<String> = text
+        .split("\r\n")
+        .map(|l| {
+            if !l.contains(C00) {
+                return l.to_string();
+            }
+            l.replace(
+                r#"{""project"":""erp-reporting"",""environment"":""dev""}"#,
+                &format!(r#"{{""project"":""erp-reporting"",""environment"":""dev"",""createdBy"":""{JANE}""}}"#),
+            )
+            .replace("vm-dev-04", VM)
+            .replace(
+                r#"{""entity"":""subsidiary"",""environment"":""prod""}"#,
+                &format!(r#"{{""entity"":""subsidiary"",""environment"":""prod"",""owner"":""{MAX}""}}"#),
+            )
+        })
+        .collect();
+    std::fs::write(file, out.join("\r\n")).unwrap();
+}
