@@ -7,7 +7,7 @@
 //! role and one per person (`_changes/ID/approval-ROLE.json`, `_changes/ID/approver-HASH.json`), so of two
 //! concurrent approvals in one role exactly one lands. When every required role has approved, the change is put
 //! in force by creating the next approved version `_approved/TABLE/vN.json` with a conditional create, N being the
-//! version the change was proposed against plus one: the commit pointer's protocol (`jobs/warehouse.rs`). Two
+//! version the change was proposed against plus one: the commit pointer's protocol (`jobs/warehouse/`). Two
 //! changes proposed against one version cannot both take effect; the second is stale and must be re-proposed
 //! against the new version (it would otherwise silently undo the first).
 //!

@@ -4,9 +4,9 @@
 //!
 //! The streaming engine hands rows over in morsels of a few thousand; split over hundreds of invoices, writing
 //! each piece as it comes gave row groups of a few dozen rows, and a 1M-row month spent minutes compressing them
-//! (issue 10). Pieces are buffered per key and written as one row group when a key holds [`FLUSH_ROWS`] rows, or
-//! when all buffers together hold [`BUDGET_ROWS`] (then the largest goes first), so memory is bounded by the
-//! budget, not by the month or the number of invoices. Row order within a key is the table's.
+//! (issue 10). Pieces are buffered per key and written (in row groups of `spool::ROW_GROUP_ROWS`) when a key holds
+//! [`FLUSH_ROWS`] rows, or when all buffers together hold [`BUDGET_ROWS`] (then the largest goes first), so memory
+//! is bounded by the budget, not by the month or the number of invoices. Row order within a key is the table's.
 //!
 //! The row-group layout of these files depends on morsel sizes, which the engine does not fix: a file that is
 //! published is rewritten by [`finalise`] with the fixed row groups of every published table, so its bytes depend
@@ -59,10 +59,16 @@ impl State {
         for p in it {
             df.vstack_mut(&p)?;
         }
-        // One chunk, so one row group (the writer writes a row group per chunk).
+        // Row groups of the published size (the writer writes a row group per call): a reader of this file (the
+        // streaming finalise, the XLSX detail sheets) decodes a few row groups ahead, so their size bounds its memory.
         df.rechunk_mut();
         if let Some(w) = self.writers.get_mut(key) {
-            w.write_batch(&df)?;
+            let mut offset = 0;
+            while offset < df.height() {
+                let n = crate::spool::ROW_GROUP_ROWS.min(df.height() - offset);
+                w.write_batch(&df.slice(offset as i64, n))?;
+                offset += n;
+            }
         }
         Ok(())
     }

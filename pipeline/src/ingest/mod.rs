@@ -2,7 +2,7 @@
 //! typing stage that turns a frame of text cells into `stg_pc_daily_usage` / `stg_pc_invoice_lines` rows and
 //! `rejects_pc_*` rows side by side (DESIGN §4.1, §5 "Ingest").
 //!
-//! The job (`jobs/inputs.rs`) detects the format, reads the file (CSV through Polars with an all-String schema,
+//! The job (`jobs/inputs/`) detects the format, reads the file (CSV through Polars with an all-String schema,
 //! JSON through `serde_json` with `arbitrary_precision`) and hands over a lazy frame whose columns are the staged
 //! column names holding the cell *text*, plus provenance columns (see [`RAW_PROVENANCE`]). [`typed_rows`] is
 //! elementwise and streams; the job sinks it to a spool file per input and derives the staged rows, the rejects
@@ -698,7 +698,7 @@ pub fn occurrences(rows: &mut [KeyRow]) -> std::collections::HashMap<i64, i64> {
 }
 
 /// The typing stage on a small frame, all at once: staged rows (with `line_id`, occurrences counted in memory) and
-/// rejects. The job runs the same functions file by file through spool files (`jobs/inputs.rs`); this composition
+/// rejects. The job runs the same functions file by file through spool files (`jobs/inputs/`); this composition
 /// serves tests and tools on small frames.
 pub fn stg_pc_rows(raw: LazyFrame, opts: &StageOptions) -> crate::Result<Staged> {
     let typed = typed_rows(raw, opts)?
