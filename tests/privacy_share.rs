@@ -119,7 +119,7 @@ fn shared_bundles_hold_only_the_customers_rows_and_links_expire() {
                     let mut lines = text.lines();
                     let head: Vec<&str> = lines.next().unwrap().split(',').collect();
                     let at = head.iter().position(|h| *h == "customer_id").unwrap();
-                    let ids: BTreeSet<String> = lines.map(|l| csv_fields(l)[at].clone()).collect();
+                    let ids: BTreeSet<String> = lines.map(|l| support::split_csv(l)[at].clone()).collect();
                     assert_eq!(ids, BTreeSet::from([cust.to_string()]), "{}: {name}", b.name);
                 }
                 if b.name == "s3" {
@@ -169,26 +169,6 @@ fn shared_bundles_hold_only_the_customers_rows_and_links_expire() {
         assert_eq!(after.version, before.version + 1);
         assert!(after.manifest_json["retention"]["aggregated"].as_array().is_some_and(|a| !a.is_empty()));
     }
-}
-
-fn csv_fields(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut q = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if q && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => q = !q,
-            ',' if !q => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
 }
 
 #[test]
