@@ -427,7 +427,9 @@ fn readers_of_the_file_list_always_see_one_whole_version() {
             let (wh, done, root, cloud) = (Arc::clone(&wh), Arc::clone(&done), b.url.clone(), cloud.clone());
             std::thread::spawn(move || {
                 let mut reads = 0usize;
-                while !done.load(Ordering::Relaxed) || reads == 0 {
+                let version = |wh: &Warehouse| wh.committed(period()).ok().flatten().map(|c| c.version).unwrap_or(0);
+                'read: while !done.load(Ordering::Relaxed) || reads == 0 {
+                    let before = version(&wh);
                     let list = current_list(&wh).expect("a published period has a file list");
                     let mut tags = Vec::new();
                     for row in &list {
@@ -437,9 +439,15 @@ fn readers_of_the_file_list_always_see_one_whole_version() {
                             hive_options: HiveOptions::new_disabled(),
                             ..Default::default()
                         };
-                        let df = LazyFrame::scan_parquet(PlRefPath::new(url.as_str()), args)
-                            .and_then(|lf| lf.collect())
-                            .unwrap_or_else(|e| panic!("a listed file is readable: {url}: {e}"));
+                        let df = match LazyFrame::scan_parquet(PlRefPath::new(url.as_str()), args).and_then(|lf| lf.collect()) {
+                            Ok(df) => df,
+                            Err(e) => {
+                                // A list's files are kept until two newer commits exist (docs/warehouse.md): a
+                                // reader slower than that (a loaded machine) is outside the guarantee and reads again.
+                                assert!(version(&wh) >= before + 2, "a listed file is readable while fewer than two newer commits exist: {url}: {e}");
+                                continue 'read;
+                            }
+                        };
                         let tag = df.column("run_tag").unwrap().str().unwrap().get(0).unwrap().to_string();
                         let n: usize = tag[1..].parse::<usize>().unwrap() + 3;
                         let want = if row["table_name"] == "fct_t" { n } else { n + 1 };
