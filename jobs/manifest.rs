@@ -8,16 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
-/// One output table written by the run.
-#[derive(Debug, Clone, Serialize)]
-pub struct OutputTable {
-    pub table: String,
-    pub zone: String,
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub sha256: String,
-}
+/// One output table written by the run: what the warehouse reported writing.
+pub type OutputTable = crate::warehouse::TableOutput;
 
 /// One invariant checked by the run: its name, whether it held, and the numbers.
 #[derive(Debug, Clone, Serialize)]

@@ -139,7 +139,7 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             TableData::Spool(t) => txn.write_table_file(table, *zone, &t.path, t.period_column),
         }
         .with_context(|| format!("writing `{table}`"))?;
-        m.outputs.push(OutputTable { table: out.table, zone: out.zone, path: out.path, rows: out.rows, bytes: out.bytes, sha256: out.sha256 });
+        m.outputs.push(out);
     }
     timer.lap("write tables");
     if let Some((invoices, lines, detail)) = &computed.invoices {

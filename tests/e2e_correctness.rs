@@ -408,7 +408,7 @@ fn late_data_after_two_closed_periods_is_billed_once() {
     std::fs::create_dir_all(ws.join("inputs/2025-07")).unwrap();
     run_ok(&ws, "2025-07", &["--mode", "close", "--invoice-date", "2025-08-01"]);
     assert_eq!(adjustments(&ws, "2025-07"), first - issued);
-    let july: Vec<(PathBuf, Vec<u8>)> = walk(&ws.join("warehouse/marts")).into_iter().filter(|p| p.to_string_lossy().contains("2025-07")).map(|p| {
+    let july: Vec<(PathBuf, Vec<u8>)> = support::walk(&ws.join("warehouse/marts")).into_iter().filter(|p| p.to_string_lossy().contains("2025-07")).map(|p| {
         let b = std::fs::read(&p).unwrap();
         (p, b)
     }).collect();
@@ -421,20 +421,6 @@ fn late_data_after_two_closed_periods_is_billed_once() {
     for (p, b) in july {
         assert_eq!(std::fs::read(&p).unwrap(), b, "{} changed after July closed", p.display());
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 // ---------------------------------------------------------------------------------------------------------------

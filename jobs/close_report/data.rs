@@ -4,7 +4,7 @@
 //! (spend per customer and day, unpriced parts per reason, rejects per file and reason, billing currency per
 //! customer). Nothing here reads the month into memory; every amount stays a `Decimal`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use chrono::NaiveDate;
@@ -407,20 +407,7 @@ pub fn gather(ctx: &RunContext, refs: &RefFrames, computed: &Computed, report: O
     recon.sort_by(|a, b| a.name.cmp(&b.name));
 
     // Tag compliance per customer (the subscriptions' sums), judged as the monitor judges.
-    let mut everyone = false;
-    let mut tagging = BTreeSet::new();
-    let (rc, rk) = (strs(&refs.tag_rules, schemas::stg_tag_rules::customer_id)?, strs(&refs.tag_rules, schemas::stg_tag_rules::tag_key)?);
-    for (c, k) in rc.iter().zip(&rk) {
-        if k.is_none() {
-            continue;
-        }
-        match c.as_deref() {
-            None | Some("*") => everyone = true,
-            Some(id) => {
-                tagging.insert(id.to_lowercase());
-            }
-        }
-    }
+    let (everyone, tagging) = an::usage::tag_judged_customers(&refs.tag_rules)?;
     let mut comp: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
     if let Some(df) = frame(computed, schemas::int_tag_compliance::TABLE) {
         use schemas::int_tag_compliance as tc;

@@ -186,18 +186,9 @@ pub fn usage_gap(df: &DataFrame, cs: &Customers, w: &Window) -> Result<Vec<Anoma
     Ok(out)
 }
 
-/// `tag_compliance`: per source customer and subscription, the share of its Azure usage cost allocated by a tag
-/// rule that names a tag key (`int_tag_compliance`) below `tag_compliance_warning` (critical below
-/// `tag_compliance_critical`). Only customers that allocate by tags are judged: those with a tag rule naming a
-/// `tag_key` (a rule without `customer_id` counts for every customer).
-pub fn tag_compliance(
-    df: &DataFrame,
-    tag_rules: &DataFrame,
-    subscription_days: &DataFrame,
-    cs: &Customers,
-    t: &ThresholdSet,
-    w: &Window,
-) -> Result<Vec<Anomaly>> {
+/// The customers `tag_compliance` judges, as (every customer, lower-cased ids): those with a tag rule naming a
+/// `tag_key`; a rule without `customer_id` (or `*`) counts for every customer. The close report judges the same way.
+pub fn tag_judged_customers(tag_rules: &DataFrame) -> Result<(bool, BTreeSet<String>)> {
     let rule_customers = cells::strs(tag_rules, schemas::stg_tag_rules::customer_id)?;
     let rule_keys = cells::strs(tag_rules, schemas::stg_tag_rules::tag_key)?;
     let mut everyone = false;
@@ -213,6 +204,22 @@ pub fn tag_compliance(
             }
         }
     }
+    Ok((everyone, tagging))
+}
+
+/// `tag_compliance`: per source customer and subscription, the share of its Azure usage cost allocated by a tag
+/// rule that names a tag key (`int_tag_compliance`) below `tag_compliance_warning` (critical below
+/// `tag_compliance_critical`). Only customers that allocate by tags are judged: those with a tag rule naming a
+/// `tag_key` (a rule without `customer_id` counts for every customer).
+pub fn tag_compliance(
+    df: &DataFrame,
+    tag_rules: &DataFrame,
+    subscription_days: &DataFrame,
+    cs: &Customers,
+    t: &ThresholdSet,
+    w: &Window,
+) -> Result<Vec<Anomaly>> {
+    let (everyone, tagging) = tag_judged_customers(tag_rules)?;
     if !everyone && tagging.is_empty() {
         return Ok(vec![Anomaly::skipped(
             monitor::TAG_COMPLIANCE,
