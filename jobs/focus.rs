@@ -111,14 +111,21 @@ pub fn customer_files(focus: &SpoolTable, invoices: &DataFrame, dir: &Path) -> R
     let targets: HashMap<String, PathBuf> =
         folder_of.keys().map(|n| (n.clone(), tmp.join(format!("{}.parquet", sanitise(n))))).collect();
     let written = crate::split::split_by(lf, fc::InvoiceId, targets, "focus_cost_and_usage by invoice")?;
-    // One file per task, over the cores (file-level fan-out).
-    let written: Vec<(String, PathBuf)> = written.into_iter().collect();
-    let out: Vec<Result<(String, PathBuf)>> = crate::fanout::map(&written, |(n, split_file)| {
+    // Small files one per task over the cores (file-level fan-out); large ones stream one after another, each
+    // on every core (`crate::split::streams`).
+    let what = |n: &str| format!("the FOCUS file of invoice `{n}`");
+    let (mut large, mut small) = (Vec::new(), Vec::new());
+    for (n, split_file) in written {
+        if crate::split::streams(&split_file, &what(&n))? { large.push((n, split_file)) } else { small.push((n, split_file)) }
+    }
+    let finalise = |(n, split_file): &(String, PathBuf)| -> Result<(String, PathBuf)> {
         let rel = &folder_of[n];
         let path = dir.join(rel);
-        crate::split::finalise(split_file, &path, &format!("the FOCUS file of invoice `{n}`"))?;
+        crate::split::finalise(split_file, &path, &what(n))?;
         Ok((rel.clone(), path))
-    });
+    };
+    let mut out: Vec<Result<(String, PathBuf)>> = crate::fanout::map(&small, &finalise);
+    out.extend(large.iter().map(&finalise));
     crate::spool::mem_probe("focus files finalised");
     let mut out = out.into_iter().collect::<Result<Vec<_>>>()?;
     let _ = fs::remove_dir_all(&tmp);

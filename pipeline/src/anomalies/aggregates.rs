@@ -54,18 +54,31 @@ pub const RESOURCES: &[(&str, Ty)] = &[
     ("first_seen", Ty::Date),
 ];
 
+///
+/// Two group-bys, the same result as one: the month is first reduced to its distinct (customer, subscription,
+/// URI as written, resource group) with the first usage date, then the few spellings of a resource are folded.
+/// A string `min()` over the month's rows returns views into the decoded Parquet pages it read, and the collected
+/// result then kept most of those pages alive (3.2 GB of heap for 253,000 resources on a 10M-row month); group
+/// keys are copied into the group-by's own storage, so the first pass keeps nothing of the input.
 pub fn resources(usage: LazyFrame) -> LazyFrame {
     usage
         .filter(col(u::resource_uri).is_not_null().and(col(u::resource_uri).neq(lit(""))).and(col(u::usage_date).is_not_null()))
         .group_by([
             col(u::customer_id),
             col(u::entitlement_id).alias("subscription_id"),
+            col(u::resource_uri),
+            col(u::resource_group),
+        ])
+        .agg([col(u::usage_date).min().alias("first_seen")])
+        .group_by([
+            col(u::customer_id),
+            col("subscription_id"),
             col(u::resource_uri).str().to_lowercase().alias("resource_key"),
         ])
         .agg([
             col(u::resource_uri).min().alias("resource_uri"),
             col(u::resource_group).min().alias("resource_group"),
-            col(u::usage_date).min().alias("first_seen"),
+            col("first_seen").min().alias("first_seen"),
         ])
 }
 

@@ -573,3 +573,45 @@ c,EUR,2025-06-02,daily_usage,unpriced,,",
     assert_eq!(cells::decs(&out, "spend").unwrap()[0], Some(d("10.300000000000000001")));
     assert_eq!(cells::decs(&out, "margin").unwrap()[0], Some(d("1.03")));
 }
+
+/// `resources` folds the spellings of a ResourceURI (Azure compares them case-insensitively) per customer and
+/// subscription: the smallest spelling and resource group (code-point order; nulls ignored) and the first usage
+/// date. Worked by hand beside the rows; empty and missing URIs and undated rows are not resources.
+#[test]
+fn resources_fold_spellings_of_a_uri_and_keep_the_first_usage_date() {
+    let usage = frame(
+        schemas::stg_pc_daily_usage::COLUMNS,
+        "customer_id,entitlement_id,resource_uri,resource_group,usage_date
+c,s1,/subs/S1/rg/VM-1,RG-B,2025-06-09
+c,s1,/subs/s1/rg/vm-1,rg-a,2025-06-12
+c,s1,/subs/s1/rg/vm-1,,2025-06-03
+c,s2,/subs/s1/rg/vm-1,rg-z,2025-06-20
+d,s1,/subs/S1/rg/VM-1,RG-B,2025-06-01
+c,s1,,rg-a,2025-06-01
+c,s1,/subs/s1/rg/undated,rg-a,
+c,s1,/subs/s1/rg/vm-2,,2025-06-05",
+    );
+    let out = agg::resources(usage.lazy())
+        .sort(["customer_id", "subscription_id", "resource_key"], SortMultipleOptions::default())
+        .collect()
+        .unwrap();
+    let row = |i: usize| {
+        [
+            cells::strs(&out, "customer_id").unwrap()[i].clone(),
+            cells::strs(&out, "subscription_id").unwrap()[i].clone(),
+            cells::strs(&out, "resource_key").unwrap()[i].clone(),
+            cells::strs(&out, "resource_uri").unwrap()[i].clone(),
+            cells::strs(&out, "resource_group").unwrap()[i].clone(),
+        ]
+    };
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(out.height(), 4, "{out}");
+    // c/s1/vm-1: three rows, two spellings ("/subs/S1/..." < "/subs/s1/..."), groups RG-B < rg-a (null ignored),
+    // first seen 3 June.
+    assert_eq!(row(0), [s("c"), s("s1"), s("/subs/s1/rg/vm-1"), s("/subs/S1/rg/VM-1"), s("RG-B")]);
+    assert_eq!(row(1), [s("c"), s("s1"), s("/subs/s1/rg/vm-2"), s("/subs/s1/rg/vm-2"), None]);
+    assert_eq!(row(2), [s("c"), s("s2"), s("/subs/s1/rg/vm-1"), s("/subs/s1/rg/vm-1"), s("rg-z")]);
+    assert_eq!(row(3), [s("d"), s("s1"), s("/subs/s1/rg/vm-1"), s("/subs/S1/rg/VM-1"), s("RG-B")]);
+    let first = cells::dates(&out, "first_seen").unwrap();
+    assert_eq!(first, vec![Some(date("2025-06-03")), Some(date("2025-06-05")), Some(date("2025-06-20")), Some(date("2025-06-01"))]);
+}

@@ -185,34 +185,50 @@ pub fn int_charges_rated(
     // 2. The winning rule per distinct key of the lines that need one (known customer, not a credit).
     let mut key_cols: Vec<Expr> = rules::KEYS.iter().map(|k| col(*k)).collect();
     key_cols.push(col(rules::K_DATE));
-    let keys = base
-        .clone()
-        .filter(col("_known").and(col("_credit").not()))
-        .group_by(key_cols.clone())
-        // One line per key to name in a tie: where a person can find it (the charge's source file and line).
-        .agg([concat_str(
-            [
-                s("`"),
-                col("source_file").fill_null(s("?")),
-                s("` line "),
-                col("line_number").cast(DataType::String).fill_null(s("?")),
-                s(" (line_id `"),
-                col("line_id").fill_null(s("")),
-                s("`)"),
-            ],
-            "",
-            false,
-        )
-        .min()
-        .alias(SAMPLE)]);
+    let needs_rule = col("_known").and(col("_credit").not());
     // The distinct keys are few (thousands, not millions): collected here, with the streaming engine, so that
     // the plan below joins a small in-memory table instead of a second copy of the month (a self-join would
     // make Polars cache the whole input).
-    let keys = streaming(keys)?;
-    let resolved = streaming(
+    let keys = streaming(
+        base.clone()
+            .filter(needs_rule.clone())
+            .select(key_cols.clone())
+            .unique(None, UniqueKeepStrategy::Any)
+            .with_column(lit(NULL).cast(DataType::String).alias(SAMPLE)),
+    )?;
+    let mut resolved = streaming(
         rules::resolve(keys.lazy(), rate_cards, SAMPLE).map_err(PipelineError::polars(STAGE))?,
-    )?
-    .lazy();
+    )?;
+    // One line per tied key to name in the error: where a person can find it (the charge's source file and line;
+    // the smallest such text). Built only when a tie exists, from the rows of the tied keys alone: building it
+    // for every row of the month cost 2 GB of heap at 10M rows.
+    let tied = resolved.column("_n_top").map_err(PipelineError::polars(STAGE))?.i64().map_err(PipelineError::polars(STAGE))?.iter().any(|n| n.is_some_and(|n| n > 1));
+    if tied {
+        let tie_keys = resolved.clone().lazy().filter(col("_n_top").gt(lit(1i64))).select(key_cols.clone());
+        let samples = streaming(
+            base.clone()
+                .filter(needs_rule)
+                .join(tie_keys, key_cols.clone(), key_cols.clone(), rules::join_args(JoinType::Semi))
+                .group_by(key_cols.clone())
+                .agg([concat_str(
+                    [
+                        s("`"),
+                        col("source_file").fill_null(s("?")),
+                        s("` line "),
+                        col("line_number").cast(DataType::String).fill_null(s("?")),
+                        s(" (line_id `"),
+                        col("line_id").fill_null(s("")),
+                        s("`)"),
+                    ],
+                    "",
+                    false,
+                )
+                .min()
+                .alias(SAMPLE)]),
+        )?;
+        resolved = streaming(resolved.lazy().drop(cols([SAMPLE])).join(samples.lazy(), key_cols.clone(), key_cols.clone(), rules::join_args(JoinType::Left)))?;
+    }
+    let resolved = resolved.lazy();
     let rated = base.join(
         resolved.clone().drop(cols([SAMPLE])),
         key_cols.clone(),
