@@ -114,7 +114,8 @@ pub fn build(cfg: &Config, ctx: &RunContext, refs: &RefFrames, computed: &mut Co
     let collect = crate::spool::collect;
     let daily_spend = collect(an::aggregates::daily_spend(rated.clone()), "anomalies: daily spend")?;
     let subscription_days = collect(an::aggregates::subscription_days(usage.clone()), "anomalies: usage days")?;
-    let resources = collect(an::aggregates::resources(usage), "anomalies: resources")?;
+    let resources = an::aggregates::collect_resources(usage).map_err(|e| anyhow::anyhow!("stage `anomalies: resources` failed: {e}"))?;
+    crate::spool::mem_probe("anomalies: resources");
     let seat_lines = collect(an::aggregates::seat_lines(rated.clone()), "anomalies: seat lines")?;
     let resource_cost = collect(an::aggregates::resource_cost(rated, refs.utilization.clone().lazy()), "anomalies: resource cost")?;
     let tag_compliance = collect(compliance, "anomalies: tag compliance")?;
