@@ -447,8 +447,12 @@ fn concurrent_approvals_and_racing_changes_on_every_store() {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             *events.entry(v["event"].as_str().unwrap().to_string()).or_default() += 1;
         }
-        // proposals a, 13, 14, 11; approvals: a 2, 13 finance 1 + sales_ops 1, 14 2; in force: a and one of 13/14.
-        let want: std::collections::BTreeMap<String, usize> = [("approval", 6), ("in_force", 2), ("proposal", 4)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        // proposals a, 13, 14, 11; approvals: a 2, 13 finance 1 + sales_ops 1, 14 finance 1 + sales_ops 1 unless
+        // the race's loser was refused before approving (the other change was in force when it read the state: an
+        // error, and no approval to record); in force: a and one of 13/14.
+        let loser_approved = results.iter().any(|s| matches!(s, Ok(State::Stale { base: 1, latest: 2 })));
+        let approvals = if loser_approved { 6 } else { 5 };
+        let want: std::collections::BTreeMap<String, usize> = [("approval", approvals), ("in_force", 2), ("proposal", 4)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(events, want, "{}", b.name);
         assert!(!wh.create_file(&paths[0], bytes::Bytes::from_static(b"{}\n")).unwrap(), "{}: an audit object cannot be overwritten", b.name);
     }
