@@ -111,6 +111,11 @@ pub enum Command {
     Retention(crate::privacy::retention::RetentionArgs),
     /// Share a customer's invoice and FOCUS bundle of a period as read-only signed URLs that expire.
     Share(crate::privacy::bundles::ShareArgs),
+    /// Run a period as shards on a distributed engine: plan, map (one per input), commit (deploy/README.md).
+    Shard {
+        #[command(subcommand)]
+        cmd: crate::shard::ShardCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -140,11 +145,11 @@ pub enum ExplainFormat {
     Json,
 }
 
-fn parse_period(s: &str) -> Result<Period, String> {
+pub(crate) fn parse_period(s: &str) -> Result<Period, String> {
     s.parse::<Period>().map_err(|e| e.to_string())
 }
 
-fn parse_date(s: &str) -> Result<NaiveDate, String> {
+pub(crate) fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("bad date `{s}`: write it as YYYY-MM-DD"))
 }
 
@@ -220,6 +225,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Erase(a) => crate::privacy::erase::command(&a),
         Command::Retention(a) => crate::privacy::retention::command(&a),
         Command::Share(a) => crate::privacy::bundles::command(&a),
+        Command::Shard { cmd } => crate::shard::command(cmd),
     }
 }
 

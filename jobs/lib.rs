@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod privacy;
 pub mod reference;
 pub mod run;
+pub mod shard;
 pub mod snapshot;
 pub mod split;
 pub mod spool;

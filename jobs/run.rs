@@ -50,15 +50,30 @@ fn new_run_id() -> String {
 /// Runs a period up to `stop`; a full run (`Stop::All`) also writes the run-health metrics (`crate::metrics`),
 /// after a failure too.
 pub fn run_period(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
+    run_period_from(p, mode, stop, Source::Snapshot)
+}
+
+/// Where a run reads the period's Partner Center inputs.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The snapshot folder of the config (`[inputs] partner_center`).
+    Snapshot,
+    /// The inputs a sharded run's plan uploaded and its map shards typed (`crate::shard`).
+    Shards(&'a crate::shard::Plan),
+}
+
+/// [`run_period`] with its inputs from `source`: a sharded run's commit runs exactly this with
+/// `Source::Shards`, so that it publishes what a run over the snapshot folder would.
+pub fn run_period_from(p: &PeriodArgs, mode: RunMode, stop: Stop, source: Source<'_>) -> Result<()> {
     let started = chrono::Utc::now();
-    let outcome = run_period_inner(p, mode, stop);
+    let outcome = run_period_inner(p, mode, stop, source);
     if let (Err(e), Stop::All) = (&outcome, stop) {
         crate::metrics::after_failure(&p.config, &p.period.to_string(), if mode == RunMode::Close { "close" } else { "nightly" }, started, e);
     }
     outcome
 }
 
-fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
+fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop, source: Source<'_>) -> Result<()> {
     let cfg = config::load(&p.config)?;
     let period = p.period;
     let run_id = new_run_id();
@@ -103,7 +118,11 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
     let snapshot_dir = cfg.partner_center_location(period);
     let spool_dir = cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d));
     let spool = crate::spool::Spool::new(spool_dir.as_deref().map(Path::new))?;
-    let mut computed = compute(&ctx, &refs, Path::new(&snapshot_dir), stop, adjustments, &mut m, &mut timer, spool)?;
+    let (inputs, raw_objects) = match source {
+        Source::Snapshot => (crate::snapshot::Inputs::Folder(snapshot_dir.into()), std::collections::HashMap::new()),
+        Source::Shards(plan) => crate::shard::typed_inputs(&wh, plan, &spool, &mut m)?,
+    };
+    let mut computed = compute(&ctx, &refs, inputs, stop, adjustments, &mut m, &mut timer, spool)?;
     let ledger = crate::ledger::build(cfg.inputs.gl_accounts.is_some(), &wh, &ctx, &refs, &mut computed, &mut m)?;
     timer.lap("ledger");
     // The anomaly report (`marts/rpt_anomalies`) in every full run, nightly and close.
@@ -127,7 +146,12 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop) -> Result<()> {
             Some(crate::inputs::SourceKind::InvoiceLines) => "pc_invoice_lines",
             None => "pc_other",
         };
-        if wh.land_raw_file(source, &raw_name(&f.name), &f.sha256, &f.path)? {
+        // A sharded run lands the copy its plan uploaded (verified against the same SHA-256 then).
+        let new = match raw_objects.get(&f.name) {
+            Some(object) => wh.land_raw_copy(source, &raw_name(&f.name), &f.sha256, object)?,
+            None => wh.land_raw_file(source, &raw_name(&f.name), &f.sha256, &f.path)?,
+        };
+        if new {
             landed += 1;
         }
     }

@@ -156,6 +156,43 @@ pub fn read_snapshot(files: &[PathBuf], period: Period) -> Result<Snapshot> {
 /// With `customers` (`stg_customers`), the staged rows' `customer_id` is written in the spelling of
 /// `customers.csv` (matched case-insensitively; `line_id` keeps hashing the export's own text).
 pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>, customers: Option<&DataFrame>) -> Result<Snapshot> {
+    let units = load_units(files, period)?
+        .into_iter()
+        .map(|l| {
+            let typed = Typed::Plan(ingest::typed_rows(l.raw, &l.opts)?);
+            Ok(TypedInput { stats: l.stats, kind: l.kind, opts: l.opts, billed: l.billed, typed })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    stage_inputs(units, period, spool, customers)
+}
+
+/// Where a run's Partner Center inputs come from: the period's snapshot folder, or the inputs a sharded run's map
+/// shards typed (`crate::shard`), with the snapshot location they were planned from.
+pub enum Inputs {
+    Folder(PathBuf),
+    Typed { location: String, inputs: Vec<TypedInput> },
+}
+
+/// The typed rows of one input: a plan still to run (a run reading its snapshot folder), or a Parquet file a
+/// map shard already wrote (`crate::shard`), which is the same plan's output.
+pub enum Typed {
+    Plan(LazyFrame),
+    File(PathBuf),
+}
+
+/// One input (a file, or one blob of a v2 export) with its typed rows, ready for [`stage_inputs`].
+pub struct TypedInput {
+    pub stats: FileStats,
+    pub kind: SourceKind,
+    pub opts: StageOptions,
+    /// For usage: whether the file is billed (its first row carries an `InvoiceNumber`).
+    pub billed: bool,
+    pub typed: Typed,
+}
+
+/// Reads the files of a snapshot (pre-scanned in parallel, errors reported in the files' order), each named as
+/// its rows' `source_file` will be: the file name, prefixed with its parent folder where two names collide.
+pub(crate) fn load_units(files: &[PathBuf], period: Period) -> Result<Vec<Loaded>> {
     // Each file's pre-scan (record boundaries, limits, UTF-8, SHA-256) is a sequential pass over its bytes: the
     // files are pre-scanned in parallel (file-level fan-out), and errors reported in the files' order.
     let by_file: Vec<Result<Vec<Loaded>>> = crate::fanout::map(files, |f| load(f, period));
@@ -163,20 +200,36 @@ pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>, cu
     for l in by_file {
         loaded.extend(l?);
     }
-    // `source_file` must tell files apart: prefix the parent folder where two names collide.
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for l in &loaded {
-        *seen.entry(l.stats.name.clone()).or_default() += 1;
-    }
+    let colliding = colliding_names(loaded.iter().map(|l| l.stats.name.as_str()));
     for l in loaded.iter_mut() {
-        if seen[&l.stats.name] > 1 {
-            let parent = l.stats.path.parent().map(display_name).unwrap_or_default();
-            l.stats.name = format!("{parent}/{}", l.stats.name);
-            let name = l.stats.name.clone();
-            l.raw = l.raw.clone().with_column(lit(name).alias("source_file"));
-        }
+        rename_if_colliding(l, &colliding);
     }
+    Ok(loaded)
+}
 
+/// The input names that more than one input of a snapshot carries.
+pub(crate) fn colliding_names<'a>(names: impl Iterator<Item = &'a str>) -> HashSet<String> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for n in names {
+        *seen.entry(n).or_default() += 1;
+    }
+    seen.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k.to_string()).collect()
+}
+
+/// `source_file` must tell files apart: an input whose name collides is prefixed with its parent folder.
+pub(crate) fn rename_if_colliding(l: &mut Loaded, colliding: &HashSet<String>) {
+    if colliding.contains(&l.stats.name) {
+        let parent = l.stats.path.parent().map(display_name).unwrap_or_default();
+        l.stats.name = format!("{parent}/{}", l.stats.name);
+        let name = l.stats.name.clone();
+        l.raw = l.raw.clone().with_column(lit(name).alias("source_file"));
+    }
+}
+
+/// Stages typed inputs (in the snapshot's order) into staged and rejected rows, as [`read_snapshot_in`] says;
+/// `crate::shard` calls it with the inputs its map shards typed.
+pub fn stage_inputs(inputs: Vec<TypedInput>, period: Period, spool: Arc<Spool>, customers: Option<&DataFrame>) -> Result<Snapshot> {
+    let loaded = inputs;
     let any_billed = loaded.iter().any(|l| l.kind == SourceKind::DailyUsage && l.billed);
     let mut stats: Vec<FileStats> = Vec::new();
     let mut typed_files: Vec<(u32, SourceKind, PathBuf, StageOptions)> = Vec::new();
@@ -185,13 +238,22 @@ pub fn read_snapshot_in(files: &[PathBuf], period: Period, spool: Arc<Spool>, cu
         let idx = idx as u32;
         let mut st = l.stats;
         let kind = l.kind;
-        let typed = ingest::typed_rows(l.raw, &l.opts)?;
         let set_aside = kind == SourceKind::DailyUsage && !l.billed && any_billed;
         let counts = if set_aside {
+            let typed = match l.typed {
+                Typed::Plan(lf) => lf,
+                Typed::File(p) => crate::spool::scan(&p)?,
+            };
             crate::spool::collect(ingest::file_counts(typed, kind, period), "ingest counts")?
         } else {
-            let path = spool.path(&format!("typed/{}-{idx:05}.parquet", kind.tag()))?;
-            crate::spool::sink_parquet(typed, &path, &format!("typing `{}`", st.name))?;
+            let path = match l.typed {
+                Typed::Plan(typed) => {
+                    let path = spool.path(&format!("typed/{}-{idx:05}.parquet", kind.tag()))?;
+                    crate::spool::sink_parquet(typed, &path, &format!("typing `{}`", st.name))?;
+                    path
+                }
+                Typed::File(p) => p,
+            };
             let t = crate::spool::scan(&path)?;
             let ks = match keys.get(&kind) {
                 Some(k) => Arc::clone(k),

@@ -3,7 +3,6 @@
 //! run's spool (`crate::spool`), small ones are collected. Both `crate::run` (a period's run) and `crate::late`
 //! (re-stating a closed period for late data) call [`compute`], so neither depends on the other for it.
 
-use std::path::Path;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -119,13 +118,13 @@ fn progress() -> ProgressBar {
     pb
 }
 
-/// Runs the stages of `ctx.period` over the snapshot in `snapshot_dir` up to `stop`, checking every invariant
+/// Runs the stages of `ctx.period` over its Partner Center inputs up to `stop`, checking every invariant
 /// into `m`. Writes nothing to the warehouse: the big tables stream from stage to stage through `spool`.
 #[allow(clippy::too_many_arguments)]
 pub fn compute(
     ctx: &RunContext,
     refs: &RefFrames,
-    snapshot_dir: &Path,
+    inputs: crate::snapshot::Inputs,
     stop: Stop,
     adjustments: DataFrame,
     m: &mut Manifest,
@@ -134,15 +133,29 @@ pub fn compute(
 ) -> Result<Computed> {
     let pb = progress();
     let mut tables: Vec<(&'static str, Zone, TableData)> = Vec::new();
-    pb.set_message(format!("reading {}", snapshot_dir.display()));
-    let files = crate::inputs::list_snapshot(snapshot_dir)?;
-    if files.is_empty() {
-        warn!("no Partner Center files in `{}`", snapshot_dir.display());
-        m.warnings.push(format!("no Partner Center files in `{}`", snapshot_dir.display()));
-    }
     // Customer ids once, at the edge: the export's CustomerId in the spelling of customers.csv (DESIGN §4.2),
     // applied as the staged rows are written.
-    let snap = crate::inputs::read_snapshot_in(&files, ctx.period, std::sync::Arc::clone(&spool), Some(&refs.customers))?;
+    let no_files = |location: &str, m: &mut Manifest| {
+        warn!("no Partner Center files in `{location}`");
+        m.warnings.push(format!("no Partner Center files in `{location}`"));
+    };
+    let snap = match inputs {
+        crate::snapshot::Inputs::Folder(dir) => {
+            pb.set_message(format!("reading {}", dir.display()));
+            let files = crate::inputs::list_snapshot(&dir)?;
+            if files.is_empty() {
+                no_files(&dir.display().to_string(), m);
+            }
+            crate::inputs::read_snapshot_in(&files, ctx.period, std::sync::Arc::clone(&spool), Some(&refs.customers))?
+        }
+        crate::snapshot::Inputs::Typed { location, inputs } => {
+            pb.set_message(format!("staging the typed inputs of {location}"));
+            if inputs.is_empty() {
+                no_files(&location, m);
+            }
+            crate::snapshot::stage_inputs(inputs, ctx.period, std::sync::Arc::clone(&spool), Some(&refs.customers))?
+        }
+    };
     let usage = snap.usage.clone();
     let invoice = snap.invoice_lines.clone();
     timer.lap("ingest");

@@ -268,7 +268,8 @@ pub(super) fn load_json_bytes(
     })
 }
 
-pub(super) fn load_v2(dir: &Path, period: Period) -> Result<Vec<Loaded>> {
+/// The blobs of a v2 export folder (`*.json.gz`, any case), sorted; a folder without any is exit 2.
+pub(super) fn v2_blobs(dir: &Path) -> Result<Vec<PathBuf>> {
     let folder = display_name(dir);
     let mut blobs: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list the v2 export `{}`", dir.display()))?
@@ -287,6 +288,12 @@ pub(super) fn load_v2(dir: &Path, period: Period) -> Result<Vec<Loaded>> {
             "`{folder}`: a v2 export folder (it has `manifest.json`) without `*.json.gz` blobs: download the blobs the manifest lists"
         )));
     }
+    Ok(blobs)
+}
+
+pub(super) fn load_v2(dir: &Path, period: Period) -> Result<Vec<Loaded>> {
+    let folder = display_name(dir);
+    let blobs = v2_blobs(dir)?;
     let mut out = Vec::new();
     for blob in blobs {
         let name = format!("{folder}/{}", display_name(&blob));

@@ -42,7 +42,7 @@ pub use pipeline::ingest::SourceKind;
 mod csv;
 mod json;
 use csv::load_csv;
-use json::{load_json_bytes, load_v2};
+use json::{load_json_bytes, load_v2, v2_blobs};
 
 /// What became of one input file (or one blob of a v2 export).
 #[derive(Clone, Debug, PartialEq)]
@@ -185,7 +185,7 @@ pub(crate) fn display_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn empty_stats(name: String, path: &Path) -> FileStats {
+pub(crate) fn empty_stats(name: String, path: &Path) -> FileStats {
     FileStats {
         name,
         path: path.to_path_buf(),
@@ -278,6 +278,17 @@ pub(crate) fn load(path: &Path, period: Period) -> Result<Vec<Loaded>> {
             "`{name}`: a gzip file outside a v2 export folder: put it in its export's folder beside `manifest.json`"
         ))),
         _ => Ok(vec![load_csv(path, name, period)?]),
+    }
+}
+
+/// The names the inputs of one listed path (a file, or a v2 export folder's blobs) carry as `source_file` before
+/// names that collide across the snapshot are prefixed ([`crate::snapshot::load_units`]); no byte is read.
+pub(crate) fn input_names(path: &Path) -> Result<Vec<String>> {
+    if path.is_dir() {
+        let folder = display_name(path);
+        Ok(v2_blobs(path)?.iter().map(|b| format!("{folder}/{}", display_name(b))).collect())
+    } else {
+        Ok(vec![display_name(path)])
     }
 }
 

@@ -474,6 +474,33 @@ impl Warehouse {
         Ok(true)
     }
 
+    /// Lands an input file at `raw/SOURCE/sha256=HEX/NAME` by copying an object already in the warehouse (a
+    /// sharded run's uploaded input, whose bytes were hashed to `sha256` as they were uploaded); false when it was
+    /// already there.
+    pub fn land_raw_copy(&self, source: &str, name: &str, sha256: &str, from: &str) -> Result<bool> {
+        check_rel_path(from, true)?;
+        let path = raw_path(source, name, sha256)?;
+        if self.inner.exists(&path)? {
+            return Ok(false);
+        }
+        self.inner.copy(from, &path)?;
+        Ok(true)
+    }
+
+    /// Streams a local file to any path below the root, internal folders included (multipart when large),
+    /// hashing it on the way: (bytes, SHA-256). For a sharded run's work files under `_shards/`.
+    pub fn upload_file(&self, rel_path: &str, local: &std::path::Path) -> Result<(u64, String)> {
+        check_rel_path(rel_path, true)?;
+        self.inner.upload_file(rel_path, local)
+    }
+
+    /// Writes a small file to any path below the root, internal folders included, by one PUT (whole or not at
+    /// all). For a sharded run's plan and shard records under `_shards/`.
+    pub fn put_file(&self, rel_path: &str, bytes: Bytes) -> Result<()> {
+        check_rel_path(rel_path, true)?;
+        self.inner.put_overwrite(rel_path, bytes)
+    }
+
     /// The manifests of every commit of a period, oldest first (paths relative to the root).
     pub fn list_manifests(&self, period: Period) -> Result<Vec<String>> {
         let wh = &self.inner;

@@ -188,6 +188,13 @@ impl Inner {
         }
     }
 
+    /// Copies an object within the store (server-side where the store has it).
+    pub(super) fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (store_path(from)?, store_path(to)?);
+        tracing::debug!(op = "copy", from, to, "store call");
+        self.block(self.store.copy(&f, &t)).map_err(|e| self.store_err("copying", from, e))
+    }
+
     pub(super) fn delete(&self, path: &str) -> Result<()> {
         let p = store_path(path)?;
         tracing::debug!(op = "delete", path, "store call");

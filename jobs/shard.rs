@@ -1,0 +1,467 @@
+//! A period run as shards (issue 20): `cspbill shard plan | map | commit`, for a distributed engine to run as
+//! tasks (`deploy/dask/` submits them to Dask) with the warehouse as the only shared state.
+//!
+//! - **plan** hashes the period's Partner Center inputs, uploads them to `_shards/<plan_id>/inputs/NNNNN/` and
+//!   writes `_shards/<plan_id>/plan.json` last. The plan id is the period and 16 hex digits of a SHA-256 over the
+//!   inputs' paths and digests: the same inputs give the same plan, so planning again is a no-op.
+//! - **map** (one per input path: a file, or a v2 export folder) downloads its input, checks its SHA-256 against
+//!   the plan, and runs the parse — the pre-scan and the typing stage, `pipeline::ingest::typed_rows` — sinking the
+//!   typed rows to Parquet exactly as a run's spool does. It uploads them to `_shards/<plan_id>/map/NNNNN/` and
+//!   writes `done.json` (the inputs' statistics and the typed files' digests) last. A map whose `done.json`
+//!   exists returns at once; two maps of one input write the same bytes, so retries and duplicates are safe.
+//! - **commit** refuses (exit 1) while any map's `done.json` is missing. Otherwise it is `cspbill run` with the
+//!   typed files in place of the parse (`crate::run::Source::Shards` → `crate::snapshot::stage_inputs`): the
+//!   same code stages, charges, allocates, rates, invoices and publishes in one atomic commit, so its output is
+//!   the single-machine run's, byte for byte.
+//!
+//! What is not sharded yet: everything after the parse runs in the commit, on one machine (see the README,
+//! "Sharded runs", for the measured split and what a per-customer reduce needs).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use chrono::NaiveDate;
+use pipeline::Period;
+use pipeline::ingest::StageOptions;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::info;
+
+use crate::cli::{ModeArg, PeriodArgs};
+use crate::config::{self, Config};
+use crate::error::Failure;
+use crate::inputs::{self, SourceKind};
+use crate::manifest::Manifest;
+use crate::snapshot::{Inputs, Typed, TypedInput, sha256_file};
+use crate::spool::Spool;
+use crate::stages::Stop;
+use crate::warehouse::Warehouse;
+
+/// The plan file's format tag.
+pub const PLAN_FORMAT: &str = "cspbill-shard-plan/1";
+
+/// `cspbill shard ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ShardCommand {
+    /// Plan a sharded run of a period: hash and upload its Partner Center inputs, write the plan; prints
+    /// `{"plan_id": ..., "period": ..., "files": N}` (map shards are numbered 0..N-1).
+    Plan {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        /// Billing period, `YYYY-MM`.
+        #[arg(long, value_parser = crate::cli::parse_period)]
+        period: Period,
+    },
+    /// Type one input of a plan (the parse) and upload its typed rows; a no-op when already done.
+    Map {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        /// The plan id `shard plan` printed.
+        #[arg(long, value_parser = parse_plan_id)]
+        plan: String,
+        /// The input's number in the plan (0..N-1).
+        #[arg(long)]
+        file: usize,
+    },
+    /// Stage, rate, invoice and publish the period from the plan's typed inputs, in one commit, exactly as
+    /// `cspbill run` does; refuses (exit 1) while a map shard is missing.
+    Commit {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        #[arg(long, value_parser = parse_plan_id)]
+        plan: String,
+        /// `nightly` gives provisional invoices; `close` finalises the period.
+        #[arg(long, value_enum, default_value_t = ModeArg::Nightly)]
+        mode: ModeArg,
+        /// Invoice date (`YYYY-MM-DD`); overrides the config.
+        #[arg(long, value_parser = crate::cli::parse_date)]
+        invoice_date: Option<NaiveDate>,
+    },
+}
+
+/// The config and the warehouse of a shard command.
+#[derive(Debug, clap::Args)]
+pub struct WarehouseArgs {
+    /// The cspbill.toml of the billing workspace.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Warehouse root URL; overrides the config (`./warehouse`, `s3://b/p`, `az://c/p`, `gs://b/p`).
+    #[arg(long, env = "CSPBILL_WAREHOUSE")]
+    pub warehouse: Option<String>,
+}
+
+/// A plan: the inputs of one period, as they were when planned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub format: String,
+    pub plan_id: String,
+    pub period: String,
+    /// The snapshot folder the inputs were read from (as the planner's config resolved it).
+    pub snapshot: String,
+    /// Input names more than one input carries: their rows' `source_file` is prefixed with the parent folder.
+    pub colliding_names: Vec<String>,
+    /// One map shard per entry, in the snapshot's order.
+    pub files: Vec<PlanFile>,
+}
+
+/// One input path of a plan: a file, or a v2 export folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanFile {
+    /// Relative to the snapshot folder, `/`-separated.
+    pub path: String,
+    /// The file itself, or the folder's files.
+    pub objects: Vec<PlanObject>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanObject {
+    /// Relative to the snapshot folder, `/`-separated.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a map shard wrote: its inputs' statistics and typed files (`done.json`, written last).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MapDone {
+    plan_id: String,
+    file: usize,
+    units: Vec<UnitRecord>,
+}
+
+/// One typed input (a file, or a blob of a v2 export) of a map shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UnitRecord {
+    name: String,
+    /// The input's path relative to the snapshot folder.
+    path: String,
+    sha256: String,
+    bytes: u64,
+    kind: String,
+    format: String,
+    unknown_columns: Vec<String>,
+    warnings: Vec<String>,
+    billed: bool,
+    present: Vec<String>,
+    percent: Vec<String>,
+    typed: String,
+    typed_bytes: u64,
+    typed_sha256: String,
+}
+
+impl Plan {
+    pub fn period(&self) -> Result<Period> {
+        self.period.parse::<Period>().map_err(|e| Failure::usage(format!("plan `{}`: period `{}`: {e}", self.plan_id, self.period)).into())
+    }
+}
+
+/// A plan id: `YYYY-MM-` and 16 lower-case hex digits.
+fn parse_plan_id(s: &str) -> std::result::Result<String, String> {
+    let ok = s.len() == 24
+        && s.is_ascii()
+        && s[..7].parse::<Period>().is_ok()
+        && s.as_bytes()[7] == b'-'
+        && s[8..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok { Ok(s.to_string()) } else { Err(format!("`{s}` is not a plan id (YYYY-MM- and 16 hex digits, as `cspbill shard plan` prints)")) }
+}
+
+fn plan_key(id: &str) -> String {
+    format!("_shards/{id}/plan.json")
+}
+
+fn input_object(id: &str, file: usize, path: &str) -> String {
+    format!("_shards/{id}/inputs/{file:05}/{path}")
+}
+
+fn map_dir(id: &str, file: usize) -> String {
+    format!("_shards/{id}/map/{file:05}")
+}
+
+fn done_key(id: &str, file: usize) -> String {
+    format!("{}/done.json", map_dir(id, file))
+}
+
+/// The plan id of a period's inputs: a digest of their paths and contents.
+pub fn plan_id(period: &str, files: &[PlanFile]) -> Result<String> {
+    let canonical = serde_json::to_vec(&json!({"format": PLAN_FORMAT, "period": period, "files": files}))?;
+    Ok(format!("{period}-{}", &crate::inputs_sha256(&canonical)[..16]))
+}
+
+/// `path` relative to `root`, `/`-separated.
+fn relative(root: &Path, path: &Path) -> Result<String> {
+    let rel = path.strip_prefix(root).with_context(|| format!("`{}` is not inside `{}`", path.display(), root.display()))?;
+    Ok(rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/"))
+}
+
+fn open(cfg: &Config, w: &WarehouseArgs) -> Result<Warehouse> {
+    Warehouse::open(&cfg.warehouse_url(w.warehouse.as_deref()), &cfg.warehouse.options)
+}
+
+fn spool(cfg: &Config) -> Result<std::sync::Arc<Spool>> {
+    let dir = cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d));
+    Spool::new(dir.as_deref().map(Path::new))
+}
+
+/// Reads a plan from the warehouse.
+pub fn read_plan(wh: &Warehouse, id: &str) -> Result<Plan> {
+    let bytes = wh.read_file(&plan_key(id))?.ok_or_else(|| {
+        Failure::usage(format!("no plan `{id}` in warehouse `{}`: run `cspbill shard plan` first and pass the id it prints", wh.url()))
+    })?;
+    let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("reading plan `{id}`"))?;
+    if plan.format != PLAN_FORMAT || plan.plan_id != id {
+        return Err(Failure::usage(format!("`{}` is not a {PLAN_FORMAT} plan with id `{id}`", plan_key(id))).into());
+    }
+    Ok(plan)
+}
+
+/// `cspbill shard ...`.
+pub fn command(cmd: ShardCommand) -> Result<()> {
+    match cmd {
+        ShardCommand::Plan { w, period } => {
+            let plan = plan(&w, period)?;
+            println!("{}", json!({"plan_id": plan.plan_id, "period": plan.period, "files": plan.files.len()}));
+            Ok(())
+        }
+        ShardCommand::Map { w, plan, file } => map(&w, &plan, file),
+        ShardCommand::Commit { w, plan, mode, invoice_date } => commit(&w, &plan, mode, invoice_date),
+    }
+}
+
+/// Plans a sharded run of `period` (see the module's documentation) and returns the plan.
+pub fn plan(w: &WarehouseArgs, period: Period) -> Result<Plan> {
+    let cfg = config::load(&w.config)?;
+    let wh = open(&cfg, w)?;
+    let location = cfg.partner_center_location(period);
+    if config::is_url(&location) {
+        return Err(Failure::usage(format!(
+            "`[inputs] partner_center` is `{location}`: the planner reads the inputs from a local folder; download the period's exports there first"
+        ))
+        .into());
+    }
+    let dir = PathBuf::from(&location);
+    let listed = inputs::list_snapshot(&dir)?;
+    let mut names = Vec::new();
+    let mut files = Vec::new();
+    for p in &listed {
+        names.extend(inputs::input_names(p)?);
+        let mut paths = Vec::new();
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).with_context(|| format!("cannot list `{}`", p.display()))? {
+                let e = e.with_context(|| format!("cannot list `{}`", p.display()))?.path();
+                if e.is_file() {
+                    paths.push(e);
+                }
+            }
+            paths.sort();
+        } else {
+            paths.push(p.clone());
+        }
+        let mut objects = Vec::new();
+        for o in paths {
+            let bytes = std::fs::metadata(&o).with_context(|| format!("cannot read `{}`", o.display()))?.len();
+            objects.push(PlanObject { path: relative(&dir, &o)?, bytes, sha256: sha256_file(&o)? });
+        }
+        files.push(PlanFile { path: relative(&dir, p)?, objects });
+    }
+    let mut colliding: Vec<String> = crate::snapshot::colliding_names(names.iter().map(String::as_str)).into_iter().collect();
+    colliding.sort();
+    let id = plan_id(&period.to_string(), &files)?;
+    let plan = Plan { format: PLAN_FORMAT.into(), plan_id: id.clone(), period: period.to_string(), snapshot: location, colliding_names: colliding, files };
+    if let Some(existing) = wh.read_file(&plan_key(&id))? {
+        // The same inputs were planned before (the id is their digest): their upload is complete.
+        let existing: Plan = serde_json::from_slice(&existing).with_context(|| format!("reading `{}`", plan_key(&id)))?;
+        if existing.files == plan.files {
+            info!(plan = %id, "plan already in the warehouse");
+            return Ok(existing);
+        }
+    }
+    for (n, f) in plan.files.iter().enumerate() {
+        for o in &f.objects {
+            let (bytes, sha) = wh.upload_file(&input_object(&id, n, &o.path), &dir.join(&o.path))?;
+            if sha != o.sha256 || bytes != o.bytes {
+                return Err(Failure::invariant(format!("`{}` changed while it was planned (SHA-256 {sha}, was {}): plan again once the exports are complete", o.path, o.sha256)).into());
+            }
+        }
+    }
+    // Last: a plan file exists only once every input it names is uploaded.
+    wh.put_file(&plan_key(&id), Bytes::from(serde_json::to_vec_pretty(&plan)?))?;
+    info!(plan = %id, files = plan.files.len(), "planned");
+    Ok(plan)
+}
+
+/// Runs map shard `file` of plan `id` (see the module's documentation).
+pub fn map(w: &WarehouseArgs, id: &str, file: usize) -> Result<()> {
+    let cfg = config::load(&w.config)?;
+    let wh = open(&cfg, w)?;
+    let plan = read_plan(&wh, id)?;
+    let f = plan.files.get(file).ok_or_else(|| {
+        Failure::usage(format!("plan `{id}` has {} input(s), numbered 0 to {}; there is no --file {file}", plan.files.len(), plan.files.len().saturating_sub(1)))
+    })?;
+    if let Some(done) = wh.read_file(&done_key(id, file))? {
+        if serde_json::from_slice::<MapDone>(&done).is_ok() {
+            println!("map shard {file} of plan {id} ({}) was already done", f.path);
+            return Ok(());
+        }
+    }
+    let period = plan.period()?;
+    let spool = spool(&cfg)?;
+    // The input is laid out below a folder named as the snapshot folder, so that the parent folder of every
+    // input is named as in the snapshot (it prefixes colliding names).
+    let snapshot_name = inputs::display_name(Path::new(&plan.snapshot));
+    let root = spool.dir().join("inputs").join(if snapshot_name.is_empty() { "snapshot".to_string() } else { snapshot_name });
+    for o in &f.objects {
+        let local = root.join(&o.path);
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating `{}`", parent.display()))?;
+        }
+        if !wh.download_file(&input_object(id, file, &o.path), &local)? {
+            return Err(Failure::invariant(format!("plan `{id}`: its upload of `{}` is missing from the warehouse: plan again", o.path)).into());
+        }
+        let sha = sha256_file(&local)?;
+        if sha != o.sha256 {
+            return Err(Failure::invariant(format!("plan `{id}`: the uploaded `{}` has SHA-256 {sha}, not {} as planned: plan again", o.path, o.sha256)).into());
+        }
+    }
+    let colliding: HashSet<String> = plan.colliding_names.iter().cloned().collect();
+    let mut units = Vec::new();
+    for (u, mut l) in inputs::load(&root.join(&f.path), period)?.into_iter().enumerate() {
+        crate::snapshot::rename_if_colliding(&mut l, &colliding);
+        let typed = pipeline::ingest::typed_rows(l.raw, &l.opts)?;
+        let local = spool.path(&format!("typed/unit-{u:03}.parquet"))?;
+        crate::spool::sink_parquet(typed, &local, &format!("typing `{}`", l.stats.name))?;
+        let object = format!("{}/typed-{u:03}.parquet", map_dir(id, file));
+        let (typed_bytes, typed_sha256) = wh.upload_file(&object, &local)?;
+        let _ = std::fs::remove_file(&local);
+        units.push(UnitRecord {
+            path: relative(&root, &l.stats.path)?,
+            name: l.stats.name,
+            sha256: l.stats.sha256,
+            bytes: l.stats.bytes,
+            kind: l.kind.tag().to_string(),
+            format: l.stats.format,
+            unknown_columns: l.stats.unknown_columns,
+            warnings: l.stats.warnings,
+            billed: l.billed,
+            present: l.opts.present,
+            percent: l.opts.percent,
+            typed: object,
+            typed_bytes,
+            typed_sha256,
+        });
+    }
+    let done = MapDone { plan_id: id.to_string(), file, units };
+    // Last: a map shard is done only once every typed file it names is uploaded.
+    wh.put_file(&done_key(id, file), Bytes::from(serde_json::to_vec_pretty(&done)?))?;
+    println!("map shard {file} of plan {id} ({}): {} input(s) typed", f.path, done.units.len());
+    Ok(())
+}
+
+/// The map shards of a plan whose `done.json` is missing.
+pub fn missing_maps(wh: &Warehouse, plan: &Plan) -> Result<Vec<usize>> {
+    let listed: HashSet<String> = wh.list_files(&format!("_shards/{}/map/", plan.plan_id))?.into_iter().collect();
+    Ok((0..plan.files.len()).filter(|n| !listed.contains(&done_key(&plan.plan_id, *n))).collect())
+}
+
+/// Commits a sharded run of plan `id` (see the module's documentation).
+pub fn commit(w: &WarehouseArgs, id: &str, mode: ModeArg, invoice_date: Option<NaiveDate>) -> Result<()> {
+    let cfg = config::load(&w.config)?;
+    let wh = open(&cfg, w)?;
+    let plan = read_plan(&wh, id)?;
+    refuse_missing(&wh, &plan)?;
+    let p = PeriodArgs { config: w.config.clone(), period: plan.period()?, warehouse: w.warehouse.clone(), invoice_date };
+    crate::run::run_period_from(&p, mode.into(), Stop::All, crate::run::Source::Shards(&plan))
+}
+
+fn refuse_missing(wh: &Warehouse, plan: &Plan) -> Result<()> {
+    let missing = missing_maps(wh, plan)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.iter().take(20).map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    Err(Failure::invariant(format!(
+        "shard commit of plan {} refused: {} of {} map shard(s) not done (--file {list}{}); run `cspbill shard map --plan {} --file N` for each, then commit again; nothing was published",
+        plan.plan_id,
+        missing.len(),
+        plan.files.len(),
+        if missing.len() > 20 { ", ..." } else { "" },
+        plan.plan_id
+    ))
+    .into())
+}
+
+/// The inputs of a sharded run's commit: every map shard's typed files, downloaded into the run's spool and
+/// checked against their digests, as staging inputs; and, per input name, the uploaded input its raw landing
+/// copies. Records the plan id in the manifest's `config`.
+pub(crate) fn typed_inputs(wh: &Warehouse, plan: &Plan, spool: &Spool, m: &mut Manifest) -> Result<(Inputs, HashMap<String, String>)> {
+    refuse_missing(wh, plan)?;
+    let period = plan.period()?;
+    let mut out = Vec::new();
+    let mut raw = HashMap::new();
+    for n in 0..plan.files.len() {
+        let bytes = wh.read_file(&done_key(&plan.plan_id, n))?.with_context(|| format!("map shard {n} of plan {} vanished", plan.plan_id))?;
+        let done: MapDone = serde_json::from_slice(&bytes).with_context(|| format!("reading `{}`", done_key(&plan.plan_id, n)))?;
+        for (u, unit) in done.units.into_iter().enumerate() {
+            let local = spool.path(&format!("shards/{n:05}-{u:03}.parquet"))?;
+            let sha = if wh.download_file(&unit.typed, &local)? { sha256_file(&local)? } else { String::new() };
+            if sha != unit.typed_sha256 {
+                return Err(Failure::invariant(format!(
+                    "map shard {n} of plan {}: `{}` is missing or changed since the shard finished: delete `{}` and run the map again",
+                    plan.plan_id,
+                    unit.typed,
+                    done_key(&plan.plan_id, n)
+                ))
+                .into());
+            }
+            let kind = match unit.kind.as_str() {
+                "daily_usage" => SourceKind::DailyUsage,
+                "invoice_lines" => SourceKind::InvoiceLines,
+                other => return Err(anyhow::anyhow!("map shard {n}: unknown input kind `{other}`")),
+            };
+            let mut stats = inputs::empty_stats(unit.name.clone(), &Path::new(&plan.snapshot).join(&unit.path));
+            stats.sha256 = unit.sha256;
+            stats.bytes = unit.bytes;
+            stats.kind = Some(kind);
+            stats.format = unit.format;
+            stats.unknown_columns = unit.unknown_columns;
+            stats.warnings = unit.warnings;
+            raw.insert(unit.name, input_object(&plan.plan_id, n, &unit.path));
+            out.push(TypedInput {
+                stats,
+                kind,
+                opts: StageOptions { kind, period, present: unit.present, percent: unit.percent },
+                billed: unit.billed,
+                typed: Typed::File(local),
+            });
+        }
+    }
+    m.config.insert("shard_plan".into(), plan.plan_id.clone());
+    Ok((Inputs::Typed { location: plan.snapshot.clone(), inputs: out }, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_ids_are_the_period_and_a_digest_of_the_inputs() {
+        let files = vec![PlanFile { path: "a.csv".into(), objects: vec![PlanObject { path: "a.csv".into(), bytes: 3, sha256: "ab".repeat(32) }] }];
+        let id = plan_id("2025-06", &files).unwrap();
+        assert!(parse_plan_id(&id).is_ok(), "{id}");
+        assert!(id.starts_with("2025-06-"));
+        assert_eq!(id, plan_id("2025-06", &files.clone()).unwrap());
+        let mut changed = files.clone();
+        changed[0].objects[0].sha256 = "cd".repeat(32);
+        assert_ne!(id, plan_id("2025-06", &changed).unwrap());
+        assert_ne!(id, plan_id("2025-07", &files).unwrap());
+    }
+
+    #[test]
+    fn plan_ids_are_checked() {
+        for bad in ["", "2025-06", "2025-13-0123456789abcdef", "2025-06-0123456789ABCDEF", "2025-06-0123456789abcde", "2025-06_0123456789abcdef", "../../x/0123456789abcdef"] {
+            assert!(parse_plan_id(bad).is_err(), "{bad}");
+        }
+        assert!(parse_plan_id("2025-06-0123456789abcdef").is_ok());
+    }
+}

@@ -1,0 +1,267 @@
+//! Sharded runs (`cspbill shard plan | map | commit`, issue 20) on `sample_data/` against every store the test
+//! script started: the commit publishes byte for byte what `cspbill run` publishes (every committed file's
+//! SHA-256, the landed raw files, the manifest's per-input counts and checks), also with inputs whose names
+//! collide and rows repeated across files; a commit is refused while a map shard is missing and publishes
+//! nothing; maps run twice at once, or killed at any point and run again, change nothing; a tampered shard
+//! output fails the commit. The cluster itself (Dask, a worker killed mid-task) is `tests/shard_cluster.rs`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use cspbill::warehouse;
+use warehouse::Warehouse;
+use pipeline::Period;
+
+mod common;
+mod support;
+
+use common::Backend;
+
+const PERIOD: &str = "2025-06";
+
+fn period() -> Period {
+    Period::new(2025, 6).unwrap()
+}
+
+fn cspbill(b: &Backend, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cspbill"))
+        .args(args)
+        .args(["--warehouse", &b.url])
+        .envs(common::child_env(b))
+        .env_remove("CSPBILL_WAREHOUSE")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running cspbill")
+}
+
+fn ok(b: &Backend, args: &[&str]) -> Output {
+    let out = cspbill(b, args);
+    assert!(
+        out.status.success(),
+        "{}: cspbill {args:?} exited {:?}\nstdout:\n{}\nstderr:\n{}",
+        b.name,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `shard plan`: (plan id, number of map shards), from the JSON line it prints.
+fn plan(b: &Backend, config: &Path) -> (String, usize) {
+    let out = ok(b, &["shard", "plan", "--config", &config.to_string_lossy(), "--period", PERIOD]);
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("plan printed `{line}`: {e}"));
+    assert_eq!(v["period"], PERIOD);
+    (v["plan_id"].as_str().unwrap().to_string(), v["files"].as_u64().unwrap() as usize)
+}
+
+fn map(b: &Backend, config: &Path, id: &str, n: usize) -> Output {
+    ok(b, &["shard", "map", "--config", &config.to_string_lossy(), "--plan", id, "--file", &n.to_string()])
+}
+
+fn commit_args(config: &Path, id: &str) -> Vec<String> {
+    ["shard", "commit", "--config", &config.to_string_lossy(), "--plan", id].iter().map(|s| s.to_string()).collect()
+}
+
+fn commit(b: &Backend, config: &Path, id: &str) -> Output {
+    let args = commit_args(config, id);
+    ok(b, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// What a committed period published: every file's path and SHA-256 (the commit's files, the raw landing),
+/// and the manifest's per-input figures and checks.
+fn published(b: &Backend) -> (BTreeMap<String, String>, serde_json::Value, serde_json::Value) {
+    let wh = Warehouse::open(&b.url, &b.options).unwrap();
+    let c = wh.committed(period()).unwrap().unwrap_or_else(|| panic!("{}: nothing committed", b.name));
+    let mut files: BTreeMap<String, String> = c.files.iter().map(|f| (f.path.clone(), f.sha256.clone())).collect();
+    for raw in wh.list_files("raw/").unwrap() {
+        let bytes = wh.read_file(&raw).unwrap().unwrap();
+        files.insert(raw, cspbill::inputs_sha256(&bytes));
+    }
+    let m = &c.manifest_json;
+    // Names, paths (the same snapshot folder's), digests and every count.
+    (files, m["inputs"].clone(), m["checks"].clone())
+}
+
+/// A sample workspace whose snapshot also holds a second copy of a usage file, in a subfolder: its name collides
+/// (both become `folder/name`) and every row of the copy is a duplicate of the first's.
+fn workspace() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (t, ws) = support::sample_workspace();
+    let snap = ws.join("inputs").join(PERIOD);
+    let again = snap.join("restated");
+    std::fs::create_dir_all(&again).unwrap();
+    std::fs::copy(snap.join("G107047573_BilledUsage_202506.csv"), again.join("G107047573_BilledUsage_202506.csv")).unwrap();
+    (t, ws)
+}
+
+fn assert_same(single: &Backend, sharded: &Backend) {
+    let (fa, ia, ca) = published(single);
+    let (fb, ib, cb) = published(sharded);
+    assert!(fa.len() > 20, "{fa:?}");
+    let differ: Vec<_> = fa.keys().chain(fb.keys()).filter(|k| fa.get(*k) != fb.get(*k)).collect();
+    assert!(differ.is_empty(), "{}: files differ from the single run: {differ:?}", sharded.name);
+    assert_eq!(ia, ib, "{}: per-input figures", sharded.name);
+    assert_eq!(ca, cb, "{}: checks", sharded.name);
+}
+
+#[test]
+fn a_sharded_run_publishes_byte_for_byte_what_a_single_run_does() {
+    let (_t, ws) = workspace();
+    let config = ws.join("cspbill.toml");
+    let single = common::local();
+    ok(&single, &["run", "--config", &config.to_string_lossy(), "--period", PERIOD]);
+    let (_, inputs, _) = published(&single);
+    let names: Vec<&str> = inputs.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    // The two files of one name are told apart by their folder, and the copy's rows are all duplicates.
+    assert!(names.contains(&"2025-06/G107047573_BilledUsage_202506.csv") && names.contains(&"restated/G107047573_BilledUsage_202506.csv"), "{names:?}");
+    let copy = inputs.as_array().unwrap().iter().find(|i| i["name"] == "restated/G107047573_BilledUsage_202506.csv").unwrap();
+    assert!(copy["rows_in"].as_u64().unwrap() > 0 && copy["duplicates"] == copy["rows_in"], "{copy}");
+
+    for b in common::backends("shard") {
+        let (id, files) = plan(&b, &config);
+        assert_eq!(files, 5, "four files and the copy");
+        // Planning the same inputs again is the same plan.
+        assert_eq!(plan(&b, &config), (id.clone(), files));
+        // Maps in any order.
+        for n in (0..files).rev() {
+            map(&b, &config, &id, n);
+        }
+        let out = commit(&b, &config, &id);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("published 2025-06"), "{}", String::from_utf8_lossy(&out.stdout));
+        assert_same(&single, &b);
+        let wh = Warehouse::open(&b.url, &b.options).unwrap();
+        assert_eq!(wh.committed(period()).unwrap().unwrap().manifest_json["config"]["shard_plan"], id.as_str());
+    }
+}
+
+#[test]
+fn a_commit_is_refused_while_a_map_shard_is_missing_and_publishes_nothing() {
+    let (_t, ws) = support::sample_workspace();
+    let config = ws.join("cspbill.toml");
+    let b = common::local();
+    let (id, files) = plan(&b, &config);
+    assert_eq!(files, 4);
+    for n in 0..files - 1 {
+        map(&b, &config, &id, n);
+    }
+    let args = commit_args(&config, &id);
+    let out = cspbill(&b, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused") && err.contains("--file 3") && err.contains("1 of 4"), "{err}");
+    let wh = Warehouse::open(&b.url, &b.options).unwrap();
+    assert!(wh.committed(period()).unwrap().is_none());
+    assert!(wh.list_files("marts/").unwrap().is_empty() && wh.list_files("raw/").unwrap().is_empty() && wh.list_files("_runs/").unwrap().is_empty());
+    map(&b, &config, &id, files - 1);
+    commit(&b, &config, &id);
+    assert!(wh.committed(period()).unwrap().is_some());
+
+    // Bad numbers and ids are usage errors naming what to pass.
+    let out = cspbill(&b, &["shard", "map", "--config", &config.to_string_lossy(), "--plan", &id, "--file", "4"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("numbered 0 to 3"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cspbill(&b, &["shard", "map", "--config", &config.to_string_lossy(), "--plan", "2025-06-0000000000000000", "--file", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shard plan"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cspbill(&b, &["shard", "map", "--config", &config.to_string_lossy(), "--plan", "../x", "--file", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn spawn(b: &Backend, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_cspbill"))
+        .args(args)
+        .args(["--warehouse", &b.url])
+        .envs(common::child_env(b))
+        .env_remove("CSPBILL_WAREHOUSE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cspbill")
+}
+
+#[test]
+fn maps_run_twice_at_once_or_killed_anywhere_and_rerun_change_nothing() {
+    let (_t, ws) = support::sample_workspace();
+    let config = ws.join("cspbill.toml");
+    let cfg = config.to_string_lossy().to_string();
+    let single = common::local();
+    ok(&single, &["run", "--config", &cfg, "--period", PERIOD]);
+    let b = common::local();
+    let (id, files) = plan(&b, &config);
+    let done = |n: usize| Path::new(&b.url).join(format!("_shards/{id}/map/{n:05}/done.json"));
+
+    // Two maps of one input at once: both succeed, one output.
+    let args = ["shard", "map", "--config", &cfg, "--plan", &id, "--file", "0"];
+    let (c1, c2) = (spawn(&b, &args), spawn(&b, &args));
+    for c in [c1, c2] {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(done(0).is_file());
+
+    // A map killed at points spread over its run leaves no `done.json` behind, or a whole one; run again it
+    // finishes. How long a map takes here is measured first, so the kills land inside it.
+    let started = std::time::Instant::now();
+    map(&b, &config, &id, 1);
+    let took = started.elapsed();
+    std::fs::remove_file(done(1)).unwrap();
+    let mut killed_before_done = 0;
+    for i in 0..6u32 {
+        let mut c = spawn(&b, &["shard", "map", "--config", &cfg, "--plan", &id, "--file", "1"]);
+        std::thread::sleep(took * i / 6);
+        let _ = c.kill();
+        let _ = c.wait();
+        if !done(1).is_file() {
+            killed_before_done += 1;
+        } else {
+            let d: serde_json::Value = serde_json::from_slice(&std::fs::read(done(1)).unwrap()).expect("a whole done.json");
+            assert_eq!(d["units"].as_array().unwrap().len(), 1);
+            std::fs::remove_file(done(1)).unwrap();
+        }
+    }
+    assert!(killed_before_done >= 1, "no kill landed before the map finished");
+    for n in 1..files {
+        map(&b, &config, &id, n);
+    }
+    // A map already done is a no-op.
+    let again = map(&b, &config, &id, 2);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already done"));
+    commit(&b, &config, &id);
+    assert_same(&single, &b);
+}
+
+#[test]
+fn a_tampered_shard_output_fails_the_commit_naming_it() {
+    let (_t, ws) = support::sample_workspace();
+    let config = ws.join("cspbill.toml");
+    let single = common::local();
+    ok(&single, &["run", "--config", &config.to_string_lossy(), "--period", PERIOD]);
+    let b = common::local();
+    let (id, files) = plan(&b, &config);
+    for n in 0..files {
+        map(&b, &config, &id, n);
+    }
+    let typed = Path::new(&b.url).join(format!("_shards/{id}/map/00002/typed-000.parquet"));
+    let mut bytes = std::fs::read(&typed).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&typed, bytes).unwrap();
+    let args = commit_args(&config, &id);
+    let out = cspbill(&b, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("map shard 2") && err.contains("typed-000.parquet") && err.contains("run the map again"), "{err}");
+    assert!(Warehouse::open(&b.url, &b.options).unwrap().committed(period()).unwrap().is_none());
+
+
+    // A plan is a snapshot: an input changed after planning gives a new plan, and the old plan, its shard
+    // mapped again as the message says, still commits what it planned.
+    support::restate_one_usage_row(&ws.join("inputs").join(PERIOD));
+    let (id2, _) = plan(&b, &config);
+    assert_ne!(id, id2);
+    std::fs::remove_file(Path::new(&b.url).join(format!("_shards/{id}/map/00002/done.json"))).unwrap();
+    map(&b, &config, &id, 2);
+    commit(&b, &config, &id);
+    assert_same(&single, &b);
+}
