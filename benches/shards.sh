@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The sharded run against the single-machine run on the same month, on the same machine (issue 20): it measures
+# the sharding's overhead and the per-shard figures, not a speed-up (2 cores here). Writes
+# benches/results/shards-<rows>.md (printed too) with every phase's wall time, CPU time and peak RSS, checks that
+# the sharded commit published byte for byte what `cspbill run` published, and estimates from the measured
+# per-shard figures how long a 300M-row month would take on N workers.
+#
+#   benches/shards.sh                       1M usage rows, each usage file split into 8 (18 input files)
+#   benches/shards.sh --rows 3000000 --split 16
+#   options: --work DIR (default /tmp/cspbill-shards), --keep (keep the warehouses), --parallel P (map shards
+#            run P at a time; default 1, so that each map's figures are its own)
+#
+# The month is `cspbill generate --customers 200 --period 2025-06 --seed 7 --usage-rows N` (as benches/compare.sh);
+# its two usage CSVs are split into K files of whole records each (Partner Center delivers a large month as many
+# files or v2 blobs), so that there are map shards to run. Local-folder warehouses: the object store's transfer
+# time is not in these figures. Needs /usr/bin/time (apt `time`) and python3.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+ROWS=1000000
+SPLIT=8
+WORK="${CSPBILL_BENCH_DIR:-/tmp/cspbill-shards}"
+KEEP=0
+PAR=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rows) ROWS="$2"; shift ;;
+    --split) SPLIT="$2"; shift ;;
+    --work) WORK="$2"; shift ;;
+    --parallel) PAR="$2"; shift ;;
+    --keep) KEEP=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ ! -x /usr/bin/time ]]; then
+  apt-get install -y -qq time >/dev/null || { echo "need /usr/bin/time: apt-get install time" >&2; exit 2; }
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+cargo build --release --locked --quiet
+BIN="$CARGO_TARGET_DIR/release/cspbill"
+mkdir -p "$WORK" benches/results
+GEN="$WORK/gen-$ROWS"
+WS="$WORK/ws-$ROWS-split$SPLIT"
+if [[ ! -f "$GEN/cspbill.toml" ]]; then
+  rm -rf "$GEN"
+  "$BIN" generate --out "$GEN" --customers 200 --period 2025-06 --seed 7 --usage-rows "$ROWS" >/dev/null
+fi
+if [[ ! -f "$WS/.split-done" ]]; then
+  rm -rf "$WS"
+  mkdir -p "$WS/inputs/2025-06"
+  cp -r "$GEN/reference" "$GEN/cspbill.toml" "$WS/"
+  python3 - "$GEN/inputs/2025-06" "$WS/inputs/2025-06" "$SPLIT" <<'EOF'
+import os, sys
+src, dst, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for name in sorted(os.listdir(src)):
+    path = os.path.join(src, name)
+    if "Usage" not in name:
+        os.link(path, os.path.join(dst, name)) if os.stat(path).st_dev == os.stat(dst).st_dev else __import__("shutil").copy(path, dst)
+        continue
+    # Whole records: the generated CSV has no newline inside a quoted field (cspbill's pre-scan would reject a
+    # ragged record, so a wrong split cannot pass unnoticed).
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.readline()
+        stem, ext = os.path.splitext(name)
+        for i in range(k):
+            target = (i + 1) * size // k
+            with open(os.path.join(dst, f"{stem}_part{i:02d}{ext}"), "wb") as out:
+                out.write(header)
+                while f.tell() < target or i == k - 1:
+                    chunk = f.readline()
+                    if not chunk:
+                        break
+                    out.write(chunk)
+EOF
+  touch "$WS/.split-done"
+fi
+FILES=$(find "$WS/inputs/2025-06" -type f | wc -l)
+BYTES=$(du -sb "$WS/inputs/2025-06" | cut -f1)
+WH1="$WORK/wh-single"; WH2="$WORK/wh-sharded"
+rm -rf "$WH1" "$WH2"
+LOG="$WORK/log"; mkdir -p "$LOG"
+
+# Runs a step under /usr/bin/time -v: appends "name wall_s cpu_s rss_mb" to $LOG/steps.
+step() {
+  local name="$1"; shift
+  /usr/bin/time -v -o "$LOG/$name.time" "$@" >"$LOG/$name.out" 2>"$LOG/$name.err" || { echo "step $name failed:" >&2; tail -20 "$LOG/$name.err" >&2; exit 1; }
+  python3 - "$LOG/$name.time" "$name" >>"$LOG/steps" <<'EOF'
+import sys, re
+t = open(sys.argv[1]).read()
+def f(k):
+    return re.search(re.escape(k) + r": (.*)", t).group(1).strip()
+w = f("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")
+wall = sum(float(x) * 60 ** i for i, x in enumerate(reversed(w)))
+cpu = float(f("User time (seconds)")) + float(f("System time (seconds)"))
+print(sys.argv[2], f"{wall:.2f}", f"{cpu:.2f}", int(f("Maximum resident set size (kbytes)")) // 1024)
+EOF
+}
+: >"$LOG/steps"
+CFG="$WS/cspbill.toml"
+step single "$BIN" run --config "$CFG" --period 2025-06 --warehouse "$WH1"
+step plan "$BIN" shard plan --config "$CFG" --period 2025-06 --warehouse "$WH2"
+ID=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["plan_id"])' "$LOG/plan.out")
+N=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["files"])' "$LOG/plan.out")
+export -f step; export BIN CFG WH2 ID LOG
+seq 0 $((N - 1)) | xargs -P "$PAR" -I{} bash -c 'step map-{} "$BIN" shard map --config "$CFG" --plan "$ID" --file {} --warehouse "$WH2"'
+step commit "$BIN" shard commit --config "$CFG" --plan "$ID" --warehouse "$WH2"
+
+python3 - "$LOG/steps" "$WH1" "$WH2" "$ROWS" "$FILES" "$BYTES" "$SPLIT" "$PAR" "$(git rev-parse --short HEAD)" >"benches/results/shards-$ROWS.md" <<'EOF'
+import glob, json, os, sys
+steps_file, wh1, wh2, rows, files, nbytes, split, par, rev = sys.argv[1:]
+rows, files, nbytes, par = int(rows), int(files), int(nbytes), int(par)
+steps = {}
+for line in open(steps_file):
+    n, w, c, r = line.split()
+    steps[n] = (float(w), float(c), int(r))
+def committed(wh):
+    m = json.load(open(sorted(glob.glob(os.path.join(wh, "_runs", "*.json")))[-1]))
+    files = {o["path"]: o["sha256"] for o in m["outputs"]}
+    for root, _, names in os.walk(os.path.join(wh, "raw")):
+        for n in names:
+            files[os.path.relpath(os.path.join(root, n), wh)] = os.path.getsize(os.path.join(root, n))
+    return files, m
+f1, m1 = committed(wh1)
+f2, m2 = committed(wh2)
+differ = sorted(k for k in set(f1) | set(f2) if f1.get(k) != f2.get(k))
+maps = [v for k, v in steps.items() if k.startswith("map-")]
+single = steps["single"]
+plan, commit = steps["plan"], steps["commit"]
+map_sum = sum(m[0] for m in maps)
+map_cpu = sum(m[1] for m in maps)
+sharded_wall = plan[0] + (map_sum if par == 1 else max(m[0] for m in maps)) + commit[0]
+print(f"# Sharded run vs single-machine run, {rows:,} usage rows ({rev})\n")
+print(f"Machine: 2 cores, 24 GiB; one run of `benches/shards.sh --rows {rows} --split {split} --parallel {par}`; local-folder "
+      f"warehouses. {files} input files ({nbytes / 1e9:.2f} GB of CSV): the two usage CSVs of the generated month each split "
+      f"into {split}, and the two invoice reconciliation files.\n")
+print(f"**Identical output:** {'yes' if not differ else 'NO'}: {len(f1)} published files (every committed file and every raw file) compared"
+      + ("" if not differ else f"; differing: {differ[:10]}") + ".\n")
+print("| step | wall s | CPU s | peak RSS MB |\n|---|---:|---:|---:|")
+print(f"| `cspbill run` (single machine) | {single[0]:.1f} | {single[1]:.1f} | {single[2]:,} |")
+print(f"| `shard plan` (hash + upload the inputs) | {plan[0]:.1f} | {plan[1]:.1f} | {plan[2]:,} |")
+print(f"| `shard map` × {len(maps)}, sum | {map_sum:.1f} | {map_cpu:.1f} | max {max(m[2] for m in maps):,} |")
+print(f"| `shard map`, each: min / median / max wall | {min(m[0] for m in maps):.1f} / {sorted(m[0] for m in maps)[len(maps)//2]:.1f} / {max(m[0] for m in maps):.1f} | | |")
+print(f"| `shard commit` | {commit[0]:.1f} | {commit[1]:.1f} | {commit[2]:,} |")
+print(f"| sharded, end to end ({'maps one at a time' if par == 1 else f'maps {par} at a time'}) | {sharded_wall:.1f} | {plan[1] + map_cpu + commit[1]:.1f} | |")
+print(f"\n**Overhead:** the sharded run took {sharded_wall / single[0]:.2f}× the single run's wall time and "
+      f"{(plan[1] + map_cpu + commit[1]) / single[1]:.2f}× its CPU time on this machine. The commit alone is "
+      f"{commit[0] / single[0]:.0%} of the single run: the maps take the parse off it, and the rest of the period "
+      f"(staging, charges, allocation, rating, invoices, FOCUS, exports, ledger, anomalies, close report) runs in the commit.\n")
+R = 300_000_000
+k = R / rows
+print(f"## Estimate for a {R // 1_000_000}M-row month on N workers\n")
+print(f"Linear in rows from these figures (issue 10 measured cspbill's time growing 8.0× for 9.7× the rows from 1M to 10M), "
+      f"scale factor {k:.0f}; the inputs come as at least N files of similar size; each worker as this machine; "
+      f"the object store's transfer time is not included:\n")
+print(f"T(N) = (plan {plan[0]:.1f} s + commit {commit[0]:.1f} s) × {k:.0f} + Σ maps {map_sum:.1f} s × {k:.0f} / N\n")
+print("| N workers | plan + commit | maps | total | single machine |\n|---:|---:|---:|---:|---:|")
+for n in (1, 2, 8, 32, 128):
+    fixed = (plan[0] + commit[0]) * k
+    m = map_sum * k / n
+    print(f"| {n} | {fixed / 3600:.2f} h | {m / 3600:.2f} h | {(fixed + m) / 3600:.2f} h | {single[0] * k / 3600:.2f} h |")
+print(f"\nThe commit is the floor: {(plan[0] + commit[0]) * k / 3600:.2f} h however many workers. What lowers it is a "
+      f"per-customer reduce (rating, invoices, FOCUS and the per-invoice files of one bucket of customers per task), "
+      f"which needs the global duplicate step between map and reduce (see deploy/README.md, \"What is not sharded yet\").")
+EOF
+cat "benches/results/shards-$ROWS.md"
+if [[ "$KEEP" != 1 ]]; then rm -rf "$WH1" "$WH2"; fi

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Runs one cspbill period as shards on a Dask `distributed` cluster (issue 20).
+
+    python cspbill_dask.py --scheduler tcp://HOST:8786 --config /srv/cspbill/cspbill.toml --period 2025-06
+
+Phases, each the `cspbill` binary run with subprocess:
+  1. `cspbill shard plan` here, on the client: it hashes the period's Partner Center files and uploads them to the
+     warehouse, so the inputs need to be on this machine only (workers read them back from the warehouse), and
+     the number of map shards must be known here anyway to build the task graph.
+  2. one `cspbill shard map --file N` task per input file (pure=False, retried);
+  3. one `cspbill shard commit` task that depends on every map task: the one atomic commit of the period.
+The warehouse (`[warehouse]` in the config, or --warehouse) is the only shared state; every command is idempotent
+and safe to run twice at once, so Dask may retry or re-run any task (a killed worker's task is rescheduled).
+
+Exit codes of a task: 2 (bad usage, config or input) is never worth retrying: the task returns a failure value
+that stops the run; 1 (invariant, lost lock race, missing shard) or death by a signal raises, so Dask retries it.
+This script prints the commit's stdout and exits with its code: 0 published, 1 failed after retries, 2 bad input.
+Every task's stderr goes, line by line, to its worker's log (logger `distributed.worker.cspbill`).
+
+Needs Python 3 with `distributed` on the client and the workers, and the binary, the config and the reference
+files it names at the same paths on every worker. See deploy/README.md.
+"""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections import deque
+
+from distributed import Client, as_completed, wait
+
+
+def run_cspbill(label, cmd):
+    """Runs one cspbill command on a worker.
+
+    Returns {"ok": True, "stdout": ...} on exit 0 and {"ok": False, "code": 2, ...} on exit 2 (not retried);
+    raises on exit 1 or a signal, so that Dask retries the task.
+    """
+    log = logging.getLogger("distributed.worker.cspbill")
+    log.info("[%s] starting: %s", label, " ".join(cmd))
+    tail = deque(maxlen=40)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as e:  # no binary at that path on this worker: a deployment error, retrying will not help
+        return {"ok": False, "code": 2, "label": label, "stderr": f"cannot start {cmd[0]!r}: {e}"}
+
+    def pump():
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            tail.append(line)
+            log.info("[%s] %s", label, line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    stdout = proc.stdout.read()
+    code = proc.wait()
+    reader.join()
+    log.info("[%s] exited %s", label, code)
+    stderr = "\n".join(tail)
+    if code == 0:
+        return {"ok": True, "label": label, "stdout": stdout}
+    if code == 2:
+        return {"ok": False, "code": 2, "label": label, "stderr": stderr}
+    what = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
+    raise RuntimeError(f"cspbill {label} {what}:\n{stderr}")
+
+
+def commit_after(maps, cmd):
+    """The commit task: its arguments are the map tasks' results, so it starts once every map has finished."""
+    failed = [m for m in maps if not m["ok"]]
+    if failed:  # a map exited 2: do not commit, pass the first failure on
+        return failed[0]
+    return run_cspbill("commit", cmd)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scheduler", required=True, help="the Dask scheduler, tcp://HOST:PORT")
+    ap.add_argument("--config", required=True, help="cspbill.toml, at the same path on this machine and every worker")
+    ap.add_argument("--period", required=True, help="YYYY-MM")
+    ap.add_argument("--warehouse", help="warehouse URL overriding the config's [warehouse] url")
+    ap.add_argument("--mode", choices=["nightly", "close"])
+    ap.add_argument("--invoice-date", help="YYYY-MM-DD")
+    ap.add_argument("--cspbill", default="cspbill", help="the binary, same path on every worker (default: on PATH)")
+    ap.add_argument("--retries", type=int, default=3, help="retries of a task that exits 1 or is killed")
+    a = ap.parse_args(argv)
+
+    # Absolute, as every worker opens the same path (their working folders differ).
+    common = ["--config", os.path.abspath(a.config)] + (["--warehouse", a.warehouse] if a.warehouse else [])
+
+    # 1. Plan, here: the inputs are on this machine.
+    plan_cmd = [a.cspbill, "shard", "plan", *common, "--period", a.period]
+    try:
+        planned = subprocess.run(plan_cmd, stdout=subprocess.PIPE, text=True)
+    except OSError as e:
+        print(f"error: cannot start {a.cspbill!r}: {e}", file=sys.stderr)
+        return 2
+    if planned.returncode != 0:
+        print(f"error: `{' '.join(plan_cmd)}` exited {planned.returncode}", file=sys.stderr)
+        return planned.returncode if planned.returncode in (1, 2) else 1
+    lines = [ln for ln in planned.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        print(f"error: `{' '.join(plan_cmd)}` printed no plan:\n{planned.stdout}", file=sys.stderr)
+        return 1
+    plan = json.loads(lines[-1])
+    plan_id, files = plan["plan_id"], int(plan["files"])
+    print(f"plan {plan_id}: {files} map shard(s)", file=sys.stderr)
+
+    # 2. One map task per input file; 3. the commit, depending on all of them.
+    with Client(a.scheduler) as client:
+        map_cmd = [a.cspbill, "shard", "map", *common, "--plan", plan_id, "--file"]
+        maps = [client.submit(run_cspbill, f"map {n}", [*map_cmd, str(n)], pure=False, retries=a.retries)
+                for n in range(files)]
+        commit_cmd = [a.cspbill, "shard", "commit", *common, "--plan", plan_id]
+        if a.mode:
+            commit_cmd += ["--mode", a.mode]
+        if a.invoice_date:
+            commit_cmd += ["--invoice-date", a.invoice_date]
+        commit = client.submit(commit_after, maps, commit_cmd, pure=False, retries=a.retries)
+        # Stop at the first map that fails for good: no commit can follow it.
+        for done in as_completed(maps):
+            code = failed(done)
+            if code:
+                client.cancel([*maps, commit])
+                return code
+        wait([commit])
+        code = failed(commit)
+        if code:
+            return code
+        sys.stdout.write(commit.result()["stdout"])
+        return 0
+
+
+def failed(task):
+    """Reports a task that failed for good and returns the exit code (None if it succeeded)."""
+    if task.status == "error":  # still exiting 1 or killed after its retries
+        print(f"error (still failing after its retries): {task.exception()}", file=sys.stderr)
+        return 1
+    if task.status != "finished":  # cancelled, e.g. by a scheduler restart
+        print(f"error: a task was {task.status}", file=sys.stderr)
+        return 1
+    result = task.result()
+    if not result["ok"]:
+        print(f"error: cspbill {result['label']} exited {result['code']} (not retried):\n{result['stderr']}",
+              file=sys.stderr)
+        return result["code"]
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
