@@ -101,6 +101,19 @@ EOF
 : >"$LOG/steps"
 CFG="$WS/cspbill.toml"
 step single "$BIN" run --config "$CFG" --period 2025-06 --warehouse "$WH1"
+# What the single run published (every committed file's SHA-256 and every raw file's size, and its stage timings),
+# kept aside so that its warehouse can go before the sharded run: the disk holds one month's warehouse at a time.
+python3 - "$WH1" >"$LOG/single.json" <<'EOF2'
+import glob, json, os, sys
+wh = sys.argv[1]
+m = json.load(open(sorted(glob.glob(os.path.join(wh, "_runs", "*.json")))[-1]))
+files = {o["path"]: o["sha256"] for o in m["outputs"]}
+for root, _, names in os.walk(os.path.join(wh, "raw")):
+    for n in names:
+        files[os.path.relpath(os.path.join(root, n), wh)] = os.path.getsize(os.path.join(root, n))
+json.dump({"files": files, "timings_ms": m["timings_ms"]}, sys.stdout)
+EOF2
+if [[ "$KEEP" != 1 ]]; then rm -rf "$WH1"; fi
 step plan "$BIN" shard plan --config "$CFG" --period 2025-06 --warehouse "$WH2"
 ID=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["plan_id"])' "$LOG/plan.out")
 N=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["files"])' "$LOG/plan.out")
@@ -108,9 +121,9 @@ export -f step; export BIN CFG WH2 ID LOG
 seq 0 $((N - 1)) | xargs -P "$PAR" -I{} bash -c 'step map-{} "$BIN" shard map --config "$CFG" --plan "$ID" --file {} --warehouse "$WH2"'
 step commit "$BIN" shard commit --config "$CFG" --plan "$ID" --warehouse "$WH2"
 
-python3 - "$LOG/steps" "$WH1" "$WH2" "$ROWS" "$FILES" "$BYTES" "$SPLIT" "$PAR" "$(git rev-parse --short HEAD)" >"benches/results/shards-$ROWS.md" <<'EOF'
+python3 - "$LOG/steps" "$LOG/single.json" "$WH2" "$ROWS" "$FILES" "$BYTES" "$SPLIT" "$PAR" "$(git rev-parse --short HEAD)" >"benches/results/shards-$ROWS.md" <<'EOF'
 import glob, json, os, sys
-steps_file, wh1, wh2, rows, files, nbytes, split, par, rev = sys.argv[1:]
+steps_file, single_json, wh2, rows, files, nbytes, split, par, rev = sys.argv[1:]
 rows, files, nbytes, par = int(rows), int(files), int(nbytes), int(par)
 steps = {}
 for line in open(steps_file):
@@ -123,8 +136,10 @@ def committed(wh):
         for n in names:
             files[os.path.relpath(os.path.join(root, n), wh)] = os.path.getsize(os.path.join(root, n))
     return files, m
-f1, m1 = committed(wh1)
+s1 = json.load(open(single_json))
+f1, t1 = s1["files"], dict(s1["timings_ms"])
 f2, m2 = committed(wh2)
+t2 = dict(m2["timings_ms"])
 differ = sorted(k for k in set(f1) | set(f2) if f1.get(k) != f2.get(k))
 maps = [v for k, v in steps.items() if k.startswith("map-")]
 single = steps["single"]
@@ -149,6 +164,11 @@ print(f"\n**Overhead:** the sharded run took {sharded_wall / single[0]:.2f}× th
       f"{(plan[1] + map_cpu + commit[1]) / single[1]:.2f}× its CPU time on this machine. The commit alone is "
       f"{commit[0] / single[0]:.0%} of the single run: the maps take the parse off it, and the rest of the period "
       f"(staging, charges, allocation, rating, invoices, FOCUS, exports, ledger, anomalies, close report) runs in the commit.\n")
+print("Stage timings (s, from the manifests: `timings_ms`), the single run's and the commit's:\n")
+print("| stage | single run | shard commit |\n|---|---:|---:|")
+for k in t1:
+    print(f"| {k} | {t1[k] / 1000:.1f} | {t2.get(k, 0) / 1000:.1f} |")
+print()
 R = 300_000_000
 k = R / rows
 print(f"## Estimate for a {R // 1_000_000}M-row month on N workers\n")

@@ -79,6 +79,21 @@ pub enum ShardCommand {
         #[arg(long, value_parser = crate::cli::parse_date)]
         invoice_date: Option<NaiveDate>,
     },
+    /// Which map shards of a plan are done and whether the period's latest commit is this plan's; prints JSON.
+    Status {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        #[arg(long, value_parser = parse_plan_id)]
+        plan: String,
+    },
+    /// Delete a plan's work files (`_shards/<plan_id>/`: its uploaded inputs and typed shards). What a commit
+    /// published is not touched; the plan can no longer be mapped or committed.
+    Clean {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        #[arg(long, value_parser = parse_plan_id)]
+        plan: String,
+    },
 }
 
 /// The config and the warehouse of a shard command.
@@ -226,6 +241,36 @@ pub fn command(cmd: ShardCommand) -> Result<()> {
         }
         ShardCommand::Map { w, plan, file } => map(&w, &plan, file),
         ShardCommand::Commit { w, plan, mode, invoice_date } => commit(&w, &plan, mode, invoice_date),
+        ShardCommand::Status { w, plan } => {
+            let cfg = config::load(&w.config)?;
+            let wh = open(&cfg, &w)?;
+            let p = read_plan(&wh, &plan)?;
+            let missing = missing_maps(&wh, &p)?;
+            let done: Vec<usize> = (0..p.files.len()).filter(|n| !missing.contains(n)).collect();
+            let committed = wh.committed(p.period()?)?;
+            let by_this = committed.as_ref().is_some_and(|c| c.manifest_json["config"]["shard_plan"] == plan.as_str());
+            println!(
+                "{}",
+                json!({
+                    "plan_id": p.plan_id, "period": p.period, "files": p.files.len(), "done": done, "missing": missing,
+                    "ready_to_commit": missing.is_empty(), "committed": by_this,
+                    "committed_version": if by_this { committed.map(|c| c.version) } else { None },
+                })
+            );
+            Ok(())
+        }
+        ShardCommand::Clean { w, plan } => {
+            let cfg = config::load(&w.config)?;
+            let wh = open(&cfg, &w)?;
+            // The plan file goes first: a plan without it is not a plan, whatever is left if this is interrupted.
+            let files = wh.list_files(&format!("_shards/{plan}/"))?;
+            wh.delete_file(&plan_key(&plan))?;
+            for f in files.iter().filter(|f| **f != plan_key(&plan)) {
+                wh.delete_file(f)?;
+            }
+            println!("deleted plan {plan}: {} file(s)", files.len());
+            Ok(())
+        }
     }
 }
 

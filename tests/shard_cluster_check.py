@@ -280,6 +280,9 @@ class Checks:
         p = run(cmd)
         check(p.returncode == 0, describe(cmd, p))
         same(truth, published(self.store, prefix, p.stdout), "the sharded run")
+        # After the commit the driver deleted the plan's work files (`shard clean`); the published period stays.
+        left = [k for k in self.store.keys(prefix) if k.startswith("_shards/")]
+        check(not left, f"the driver left {len(left)} file(s) under _shards/: {left[:5]}")
 
     def case_worker_killed(self):
         truth = self.truth()
@@ -303,7 +306,7 @@ exec '{self.bin}' "$@"
         wrapper.chmod(0o755)
         out, err = self.tmp / "killed.out", self.tmp / "killed.err"
         workers = self.cluster.worker_pids()  # asked before, to kill without delay while the wrapper holds map 0
-        cmd = self.driver(cfg, str(wrapper))
+        cmd = self.driver(cfg, str(wrapper)) + ["--keep-shards"]
         with open(out, "w") as o, open(err, "w") as e:
             d = subprocess.Popen([str(c) for c in cmd], stdout=o, stderr=e, text=True)
         try:
@@ -325,6 +328,16 @@ exec '{self.bin}' "$@"
         started = len(attempts.read_text().split())
         check(started >= 2, f"map 0 was started {started} time(s); the killed task should have run again")
         same(truth, published(self.store, prefix, p.stdout), "the run with a killed worker")
+        # --keep-shards: the plan and every map's done.json are still there, and `shard status` says committed.
+        keys = set(self.store.keys(prefix))
+        plans = [k for k in keys if k.startswith("_shards/") and k.endswith("/plan.json")]
+        check(len(plans) == 1, f"--keep-shards: expected one plan under _shards/, found {plans}")
+        plan_id = plans[0].split("/")[1]
+        st = run([self.bin, "shard", "status", "--config", cfg, "--plan", plan_id])
+        check(st.returncode == 0, describe(["shard", "status"], st))
+        status = json.loads(st.stdout.strip().splitlines()[-1])
+        check(status["missing"] == [] and status["committed"] is True and status["ready_to_commit"] is True,
+              f"`shard status` after the commit: {status}")
 
     def case_concurrent(self):
         truth = self.truth()

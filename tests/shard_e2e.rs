@@ -86,13 +86,37 @@ fn published(b: &Backend) -> (BTreeMap<String, String>, serde_json::Value, serde
 }
 
 /// A sample workspace whose snapshot also holds a second copy of a usage file, in a subfolder: its name collides
-/// (both become `folder/name`) and every row of the copy is a duplicate of the first's.
+/// (both become `folder/name`) and every row of the copy is a duplicate of the first's. One invoice file is
+/// delivered as a v2 export instead: a folder with `manifest.json` and two gzipped JSON-lines blobs (one map
+/// shard, two inputs).
 fn workspace() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::io::Write;
     let (t, ws) = support::sample_workspace();
     let snap = ws.join("inputs").join(PERIOD);
     let again = snap.join("restated");
     std::fs::create_dir_all(&again).unwrap();
     std::fs::copy(snap.join("G107047573_BilledUsage_202506.csv"), again.join("G107047573_BilledUsage_202506.csv")).unwrap();
+    let recon = snap.join("G248241492_InvoiceRecon_202506.csv");
+    let df = support::read_csv_as_text(&recon);
+    std::fs::remove_file(&recon).unwrap();
+    let v2 = snap.join("export-v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("manifest.json"), r#"{"version":"2","dataFormat":"compressedJSON","blobCount":2}"#).unwrap();
+    let names: Vec<String> = df.get_column_names().iter().map(|c| c.trim_start_matches('\u{feff}').to_string()).collect();
+    let half = df.height() / 2;
+    for (i, (from, to)) in [(0, half), (half, df.height())].into_iter().enumerate() {
+        let f = std::fs::File::create(v2.join(format!("part{i}.json.gz"))).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        for r in from..to {
+            let mut o = serde_json::Map::new();
+            for (n, c) in names.iter().zip(df.columns()) {
+                let v = c.str().unwrap().get(r);
+                o.insert(n.clone(), v.map_or(serde_json::Value::Null, |v| serde_json::Value::String(v.to_string())));
+            }
+            writeln!(gz, "{}", serde_json::Value::Object(o)).unwrap();
+        }
+        gz.finish().unwrap();
+    }
     (t, ws)
 }
 
@@ -118,10 +142,13 @@ fn a_sharded_run_publishes_byte_for_byte_what_a_single_run_does() {
     assert!(names.contains(&"2025-06/G107047573_BilledUsage_202506.csv") && names.contains(&"restated/G107047573_BilledUsage_202506.csv"), "{names:?}");
     let copy = inputs.as_array().unwrap().iter().find(|i| i["name"] == "restated/G107047573_BilledUsage_202506.csv").unwrap();
     assert!(copy["rows_in"].as_u64().unwrap() > 0 && copy["duplicates"] == copy["rows_in"], "{copy}");
+    let blobs: Vec<&serde_json::Value> = inputs.as_array().unwrap().iter().filter(|i| i["format"] == "v2_blob").collect();
+    assert_eq!(blobs.len(), 2, "{inputs}");
+    assert!(blobs.iter().all(|b| b["staged"].as_u64().unwrap() > 0 && b["rejected"] == 0), "{blobs:?}");
 
     for b in common::backends("shard") {
         let (id, files) = plan(&b, &config);
-        assert_eq!(files, 5, "four files and the copy");
+        assert_eq!(files, 5, "three files, the v2 export folder and the copy");
         // Planning the same inputs again is the same plan.
         assert_eq!(plan(&b, &config), (id.clone(), files));
         // Maps in any order.
@@ -154,11 +181,30 @@ fn a_commit_is_refused_while_a_map_shard_is_missing_and_publishes_nothing() {
     let wh = Warehouse::open(&b.url, &b.options).unwrap();
     assert!(wh.committed(period()).unwrap().is_none());
     assert!(wh.list_files("marts/").unwrap().is_empty() && wh.list_files("raw/").unwrap().is_empty() && wh.list_files("_runs/").unwrap().is_empty());
+    let status = |b: &Backend| -> serde_json::Value {
+        let out = ok(b, &["shard", "status", "--config", &config.to_string_lossy(), "--plan", &id]);
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
+    };
+    let st = status(&b);
+    assert_eq!((st["missing"].clone(), st["done"].clone()), (serde_json::json!([3]), serde_json::json!([0, 1, 2])), "{st}");
+    assert_eq!((st["ready_to_commit"].as_bool(), st["committed"].as_bool()), (Some(false), Some(false)), "{st}");
     map(&b, &config, &id, files - 1);
     commit(&b, &config, &id);
     assert!(wh.committed(period()).unwrap().is_some());
+    let st = status(&b);
+    assert_eq!((st["ready_to_commit"].as_bool(), st["committed"].as_bool(), st["committed_version"].as_u64()), (Some(true), Some(true), Some(1)), "{st}");
+
+    // `shard clean` deletes the plan's work files and nothing that was published.
+    let published_before = published(&b);
+    let out = ok(&b, &["shard", "clean", "--config", &config.to_string_lossy(), "--plan", &id]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("deleted plan {id}")));
+    assert!(wh.list_files("_shards/").unwrap().is_empty());
+    assert_eq!(published(&b), published_before);
+    let out = cspbill(&b, &["shard", "commit", "--config", &config.to_string_lossy(), "--plan", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Bad numbers and ids are usage errors naming what to pass.
+    let (id, _) = plan(&b, &config);
     let out = cspbill(&b, &["shard", "map", "--config", &config.to_string_lossy(), "--plan", &id, "--file", "4"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("numbered 0 to 3"), "{}", String::from_utf8_lossy(&out.stderr));

@@ -8,7 +8,8 @@ Phases, each the `cspbill` binary run with subprocess:
      warehouse, so the inputs need to be on this machine only (workers read them back from the warehouse), and
      the number of map shards must be known here anyway to build the task graph.
   2. one `cspbill shard map --file N` task per input file (pure=False, retried);
-  3. one `cspbill shard commit` task that depends on every map task: the one atomic commit of the period.
+  3. one `cspbill shard commit` task that depends on every map task: the one atomic commit of the period;
+  4. `cspbill shard clean` here, after a successful commit (unless --keep-shards): the plan's work files go.
 The warehouse (`[warehouse]` in the config, or --warehouse) is the only shared state; every command is idempotent
 and safe to run twice at once, so Dask may retry or re-run any task (a killed worker's task is rescheduled).
 
@@ -86,6 +87,9 @@ def main(argv=None):
     ap.add_argument("--invoice-date", help="YYYY-MM-DD")
     ap.add_argument("--cspbill", default="cspbill", help="the binary, same path on every worker (default: on PATH)")
     ap.add_argument("--retries", type=int, default=3, help="retries of a task that exits 1 or is killed")
+    ap.add_argument("--keep-shards", action="store_true",
+                    help="keep the plan's work files (_shards/<plan_id>/) after a successful commit; by default "
+                         "they are deleted (`cspbill shard clean`), as every night's new inputs make a new plan")
     a = ap.parse_args(argv)
 
     # Absolute, as every worker opens the same path (their working folders differ).
@@ -131,7 +135,14 @@ def main(argv=None):
         if code:
             return code
         sys.stdout.write(commit.result()["stdout"])
-        return 0
+    if not a.keep_shards:
+        # The period is published; its plan's copy of the inputs and typed shards are no longer needed. A failure
+        # here is a warning: the published period is unaffected.
+        clean = subprocess.run([a.cspbill, "shard", "clean", *common, "--plan", plan_id], stdout=subprocess.PIPE, text=True)
+        if clean.returncode != 0:
+            print(f"warning: `cspbill shard clean --plan {plan_id}` exited {clean.returncode}; delete _shards/{plan_id}/ later",
+                  file=sys.stderr)
+    return 0
 
 
 def failed(task):
