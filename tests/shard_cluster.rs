@@ -3,7 +3,7 @@
 //! `scripts/test.sh` started, and holds each case to a single-machine `cspbill run` of the same workspace, file by
 //! file (SHA-256 of every published object, read back from the store): the driver's run; a Dask worker killed with
 //! SIGKILL mid-map (the task is run again elsewhere); one map run twice at once; a commit refused while a map is
-//! missing, publishing nothing. Without the S3 server it skips, except under `CI=true`, where that fails.
+//! missing, publishing nothing; a map exiting 1 retried, a commit exiting 1 not. Without the S3 server it skips, except under `CI=true`, where that fails.
 
 mod support;
 
@@ -35,7 +35,7 @@ fn sharded_runs_on_a_local_dask_cluster_equal_the_single_run() {
         .expect("running tests/shard_cluster_check.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the cluster checks failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for case in ["identical", "worker_killed", "concurrent", "missing_shard"] {
+    for case in ["identical", "worker_killed", "concurrent", "missing_shard", "retries"] {
         assert!(stdout.lines().any(|l| l.starts_with(&format!("ok {case} "))), "case {case} did not pass:\n{stdout}");
     }
 }

@@ -17,6 +17,8 @@ Cases (default: all, in this order):
                  worker process running it (the wrapper's parent, checked to be a worker's pid) is killed with
                  SIGKILL; the run still completes, == the single run, and file 0 was started at least twice
   concurrent     plan, `shard map --file 0` twice at once, the other files, commit == the single run
+  retries        a wrapper fails map 0's first attempt and the commit with exit 1: the map is retried, the commit is
+                 not (the driver exits 1), nothing is published
   missing_shard  plan, map all files but the last, commit: exit 1 naming the last shard and no other, and nothing
                  published on the store (no commit pointer, manifest, raw landing or table); then map it and commit == the
                  single run
@@ -383,8 +385,37 @@ exec '{self.bin}' "$@"
             check(p.returncode == 0, describe(cmd, p))
         same(truth, published(self.store, prefix, p.stdout), "the run committed after its missing shard was mapped")
 
+    def case_retries(self):
+        """A map that exits 1 is retried; a commit that exits 1 is not (an invariant or a held lock is not cured by
+        running the period again): a wrapper fails map 0's first attempt and every commit with exit 1."""
+        cfg, prefix = self.ws.config("retries")
+        wdir = self.tmp / "retry-wrapper"
+        wdir.mkdir()
+        maps, commits = wdir / "maps", wdir / "commits"
+        wrapper = wdir / "cspbill"
+        wrapper.write_text(f"""#!/bin/sh
+case " $* " in
+  *" shard map "*" --file 0 "*)
+    echo x >> '{maps}'
+    [ "$(wc -l < '{maps}')" -ge 2 ] || {{ echo "error: a store error, for the test" >&2; exit 1; }} ;;
+  *" shard commit "*)
+    echo x >> '{commits}'
+    echo "error: an invariant, for the test" >&2; exit 1 ;;
+esac
+exec '{self.bin}' "$@"
+""")
+        wrapper.chmod(0o755)
+        cmd = self.driver(cfg, str(wrapper))
+        p = run(cmd)
+        check(p.returncode == 1, "a commit exiting 1: the driver should exit 1\n" + describe(cmd, p))
+        n_maps, n_commits = len(maps.read_text().split()), len(commits.read_text().split())
+        check(n_maps == 2, f"map 0 failed once with exit 1 and should have run twice, ran {n_maps} time(s)")
+        check(n_commits == 1, f"a commit exiting 1 should not be retried, it ran {n_commits} time(s)")
+        public = [k for k in self.store.keys(prefix) if k.startswith(("_commits/", "_runs/", "marts/"))]
+        check(not public, f"nothing should be published: {public[:5]}")
 
-CASES = ["identical", "worker_killed", "concurrent", "missing_shard"]
+
+CASES = ["identical", "worker_killed", "concurrent", "missing_shard", "retries"]
 
 
 def main():

@@ -14,8 +14,10 @@ The warehouse (`[warehouse]` in the config, or --warehouse) is the only shared s
 and safe to run twice at once, so Dask may retry or re-run any task (a killed worker's task is rescheduled).
 
 Exit codes of a task: 2 (bad usage, config or input) is never worth retrying: the task returns a failure value
-that stops the run; 1 (invariant, lost lock race, missing shard) or death by a signal raises, so Dask retries it.
-This script prints the commit's stdout and exits with its code: 0 published, 1 failed after retries, 2 bad input.
+that stops the run; 1 or death by a signal raises, so Dask retries a map (--retries). The commit is not retried on
+exit 1 (--commit-retries 0): its exit 1 is an invariant the data violates or another run holding the period, and
+running the whole period again cannot change either; a commit whose worker dies is still run again elsewhere by
+the scheduler. This script prints the commit's stdout and exits with its code: 0 published, 1 failed, 2 bad input.
 Every task's stderr goes, line by line, to its worker's log (logger `distributed.worker.cspbill`).
 
 Needs Python 3 with `distributed` on the client and the workers, and the binary, the config and the reference
@@ -86,7 +88,10 @@ def main(argv=None):
     ap.add_argument("--mode", choices=["nightly", "close"])
     ap.add_argument("--invoice-date", help="YYYY-MM-DD")
     ap.add_argument("--cspbill", default="cspbill", help="the binary, same path on every worker (default: on PATH)")
-    ap.add_argument("--retries", type=int, default=3, help="retries of a task that exits 1 or is killed")
+    ap.add_argument("--retries", type=int, default=3, help="retries of a map task that exits 1 or is killed")
+    ap.add_argument("--commit-retries", type=int, default=0,
+                    help="retries of the commit when it exits 1 (default 0: an invariant failure or a lock held by "
+                         "another run is not cured by running the period again; a dead worker's commit is rerun anyway)")
     ap.add_argument("--keep-shards", action="store_true",
                     help="keep the plan's work files (_shards/<plan_id>/) after a successful commit; by default "
                          "they are deleted (`cspbill shard clean`), as every night's new inputs make a new plan")
@@ -123,7 +128,7 @@ def main(argv=None):
             commit_cmd += ["--mode", a.mode]
         if a.invoice_date:
             commit_cmd += ["--invoice-date", a.invoice_date]
-        commit = client.submit(commit_after, maps, commit_cmd, pure=False, retries=a.retries)
+        commit = client.submit(commit_after, maps, commit_cmd, pure=False, retries=a.commit_retries)
         # Stop at the first map that fails for good: no commit can follow it.
         for done in as_completed(maps):
             code = failed(done)
