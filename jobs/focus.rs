@@ -116,12 +116,13 @@ pub fn customer_files(focus: &SpoolTable, invoices: &DataFrame, dir: &Path) -> R
     let what = |n: &str| format!("the FOCUS file of invoice `{n}`");
     let (mut large, mut small) = (Vec::new(), Vec::new());
     for (n, split_file) in written {
-        if crate::split::streams(&split_file, &what(&n))? { large.push((n, split_file)) } else { small.push((n, split_file)) }
+        let rows = crate::split::rows(&split_file, &what(&n))?;
+        if crate::split::streams(rows) { large.push((n, split_file, rows)) } else { small.push((n, split_file, rows)) }
     }
-    let finalise = |(n, split_file): &(String, PathBuf)| -> Result<(String, PathBuf)> {
+    let finalise = |(n, split_file, rows): &(String, PathBuf, usize)| -> Result<(String, PathBuf)> {
         let rel = &folder_of[n];
         let path = dir.join(rel);
-        crate::split::finalise(split_file, &path, &what(n))?;
+        crate::split::finalise(split_file, *rows, &path, &what(n))?;
         Ok((rel.clone(), path))
     };
     let mut out: Vec<Result<(String, PathBuf)>> = crate::fanout::map(&small, &finalise);

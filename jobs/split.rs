@@ -134,25 +134,29 @@ pub fn split_by(lf: LazyFrame, key: &str, targets: HashMap<String, PathBuf>, wha
     Ok(written)
 }
 
-/// Whether [`finalise`] streams this split file (above [`IN_MEMORY_ROWS`] rows) instead of rewriting it in memory.
-/// Callers that fan files out over the cores finalise these one at a time: each streaming rewrite runs on every
-/// core already, and two at once held 2.4 GB of heap on a 10M-row month.
-pub fn streams(split_file: &Path, what: &str) -> Result<bool> {
+/// The rows of a split file, from its Parquet footer.
+pub fn rows(split_file: &Path, what: &str) -> Result<usize> {
     let f = fs::File::open(split_file).map_err(|e| anyhow::anyhow!("{what}: reading `{}`: {e}", split_file.display()))?;
-    let rows = ParquetReader::new(f).num_rows().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-    Ok(rows > IN_MEMORY_ROWS)
+    ParquetReader::new(f).num_rows().map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// Whether [`finalise`] streams a split file of `rows` rows (above [`IN_MEMORY_ROWS`]) instead of rewriting it in
+/// memory. Callers that fan files out over the cores finalise these one at a time: each streaming rewrite runs on
+/// every core already, and two at once held 2.4 GB of heap on a 10M-row month.
+pub fn streams(rows: usize) -> bool {
+    rows > IN_MEMORY_ROWS
 }
 
 /// Rewrites a split file to `target` with the fixed row groups and options of every published table, so its
 /// bytes depend only on its rows (see the module note). A file of at most [`IN_MEMORY_ROWS`] rows is rewritten in
 /// memory (starting the streaming engine for each of hundreds of small invoices cost more than the rows); a larger
-/// one streams. Which way a file goes depends only on its row count.
-pub fn finalise(split_file: &Path, target: &Path, what: &str) -> Result<()> {
+/// one streams. Which way a file goes depends only on its row count, `rows` (from [`rows`]).
+pub fn finalise(split_file: &Path, rows: usize, target: &Path, what: &str) -> Result<()> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("creating `{}`: {e}", parent.display()))?;
     }
     let open = || fs::File::open(split_file).map_err(|e| anyhow::anyhow!("{what}: reading `{}`: {e}", split_file.display()));
-    if streams(split_file, what)? {
+    if streams(rows) {
         return crate::spool::sink_parquet(crate::spool::scan(split_file)?, target, what);
     }
     let mut df = ParquetReader::new(open()?).finish().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
@@ -210,8 +214,8 @@ mod tests {
         let keys = vec!["k3".to_string(); k3.len()];
         crate::spool::sink_parquet(df!("key" => keys, "v" => k3).expect("f").lazy(), &whole, "t").expect("whole");
         let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
-        finalise(&written["k3"], &a, "t").expect("a");
-        finalise(&whole, &b, "t").expect("b");
+        finalise(&written["k3"], rows(&written["k3"], "t").unwrap(), &a, "t").expect("a");
+        finalise(&whole, rows(&whole, "t").unwrap(), &b, "t").expect("b");
         assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
     }
 
@@ -225,8 +229,8 @@ mod tests {
         let targets: HashMap<String, PathBuf> = [("one".to_string(), dir.path().join("split.parquet"))].into();
         let written = split_by(crate::spool::scan(&src).expect("scan"), "key", targets, "t").expect("split");
         let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
-        finalise(&written["one"], &a, "t").expect("a");
-        finalise(&src, &b, "t").expect("b");
+        finalise(&written["one"], rows(&written["one"], "t").unwrap(), &a, "t").expect("a");
+        finalise(&src, rows(&src, "t").unwrap(), &b, "t").expect("b");
         assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
         let back = crate::spool::collect(crate::spool::scan(&a).expect("scan"), "t").expect("read");
         assert_eq!(back.height(), n);
