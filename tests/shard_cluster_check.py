@@ -12,7 +12,9 @@ workspace into its own prefix: the published files (every `outputs` entry of the
 from the store and hashed here) must be the same paths with the same SHA-256.
 
 Cases (default: all, in this order):
-  identical      the driver (deploy/dask/cspbill_dask.py) on the cluster == the single run; more than 20 outputs
+  identical      the driver (deploy/dask/cspbill_dask.py) on the cluster == the single run; more than 20 outputs;
+                 the commit, given `--commit-resources big=1`, runs on the worker that has that resource; the
+                 plan's work files are cleaned
   worker_killed  a wrapper binary holds `shard map --file 0` for a few seconds on its first attempt; the Dask
                  worker process running it (the wrapper's parent, checked to be a worker's pid) is killed with
                  SIGKILL; the run still completes, == the single run, and file 0 was started at least twice
@@ -100,8 +102,10 @@ class Cluster:
         self.spawn("scheduler", ["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
                                  "--no-dashboard"])
         for i in (1, 2):
+            # Worker 2 is the large machine the commit is pinned to (`--commit-resources big=1` in `identical`).
+            big = ["--resources", "big=1"] if i == 2 else []
             self.spawn(f"worker{i}", ["-m", "distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
-                                      "--nthreads", "1", "--no-dashboard", "--name", f"w{i}",
+                                      "--nthreads", "1", "--no-dashboard", "--name", f"w{i}", *big,
                                       "--local-directory", str(self.tmp / f"w{i}"), "--death-timeout", "60"])
         deadline = time.monotonic() + 120
         while self.client is None:
@@ -112,6 +116,11 @@ class Cluster:
                 check(all(p.poll() is None for _, p, _ in self.procs), f"a cluster process exited\n{self.tails()}")
                 time.sleep(0.5)
         self.client.wait_for_workers(2, timeout=120)
+
+    def log(self, name):
+        """A cluster process's log so far."""
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def worker_pids(self):
         return set(self.client.run(os.getpid).values())
@@ -278,10 +287,14 @@ class Checks:
         truth = self.truth()
         check(len(truth) > 20, f"the single run published {len(truth)} outputs; the check needs more than 20")
         cfg, prefix = self.ws.config("identical")
-        cmd = self.driver(cfg)
+        commits_before = {name: self.cluster.log(name).count("[commit] starting") for name in ("worker1", "worker2")}
+        cmd = self.driver(cfg) + ["--commit-resources", "big=1"]
         p = run(cmd)
         check(p.returncode == 0, describe(cmd, p))
         same(truth, published(self.store, prefix, p.stdout), "the sharded run")
+        # The commit ran on the worker with the `big` resource, and only there.
+        ran = {name: self.cluster.log(name).count("[commit] starting") - commits_before[name] for name in commits_before}
+        check(ran == {"worker1": 0, "worker2": 1}, f"--commit-resources big=1: commits started per worker {ran}")
         # After the commit the driver deleted the plan's work files (`shard clean`); the published period stays.
         left = [k for k in self.store.keys(prefix) if k.startswith("_shards/")]
         check(not left, f"the driver left {len(left)} file(s) under _shards/: {left[:5]}")
@@ -413,6 +426,10 @@ exec '{self.bin}' "$@"
         check(n_commits == 1, f"a commit exiting 1 should not be retried, it ran {n_commits} time(s)")
         public = [k for k in self.store.keys(prefix) if k.startswith(("_commits/", "_runs/", "marts/"))]
         check(not public, f"nothing should be published: {public[:5]}")
+        # A commit needing a resource no worker has would wait forever: the driver refuses at once, exit 2.
+        cmd = self.driver(cfg) + ["--commit-resources", "gpu=1"]
+        p = run(cmd)
+        check(p.returncode == 2 and "no worker" in p.stderr, "--commit-resources gpu=1: expected exit 2\n" + describe(cmd, p))
 
 
 CASES = ["identical", "worker_killed", "concurrent", "missing_shard", "retries"]

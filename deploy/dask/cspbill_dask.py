@@ -92,10 +92,19 @@ def main(argv=None):
     ap.add_argument("--commit-retries", type=int, default=0,
                     help="retries of the commit when it exits 1 (default 0: an invariant failure or a lock held by "
                          "another run is not cured by running the period again; a dead worker's commit is rerun anyway)")
+    ap.add_argument("--commit-resources", metavar="NAME=N[,NAME=N]",
+                    help="Dask resources the commit task needs, e.g. `big=1` to run it only on workers started with "
+                         "`dask worker --resources big=1`: the commit runs the whole month after the parse on one machine")
     ap.add_argument("--keep-shards", action="store_true",
                     help="keep the plan's work files (_shards/<plan_id>/) after a successful commit; by default "
                          "they are deleted (`cspbill shard clean`), as every night's new inputs make a new plan")
     a = ap.parse_args(argv)
+
+    try:
+        commit_resources = resources(a.commit_resources)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     # Absolute, as every worker opens the same path (their working folders differ).
     common = ["--config", os.path.abspath(a.config)] + (["--warehouse", a.warehouse] if a.warehouse else [])
@@ -120,6 +129,11 @@ def main(argv=None):
 
     # 2. One map task per input file; 3. the commit, depending on all of them.
     with Client(a.scheduler) as client:
+        missing = lacking(client, commit_resources)
+        if missing:
+            print(f"error: no worker of {a.scheduler} has the resources {missing} the commit needs (--commit-resources): "
+                  f"start one with `dask worker --resources ...`", file=sys.stderr)
+            return 2
         map_cmd = [a.cspbill, "shard", "map", *common, "--plan", plan_id, "--file"]
         maps = [client.submit(run_cspbill, f"map {n}", [*map_cmd, str(n)], pure=False, retries=a.retries)
                 for n in range(files)]
@@ -128,7 +142,8 @@ def main(argv=None):
             commit_cmd += ["--mode", a.mode]
         if a.invoice_date:
             commit_cmd += ["--invoice-date", a.invoice_date]
-        commit = client.submit(commit_after, maps, commit_cmd, pure=False, retries=a.commit_retries)
+        commit = client.submit(commit_after, maps, commit_cmd, pure=False, retries=a.commit_retries,
+                               resources=commit_resources)
         # Stop at the first map that fails for good: no commit can follow it.
         for done in as_completed(maps):
             code = failed(done)
@@ -148,6 +163,30 @@ def main(argv=None):
             print(f"warning: `cspbill shard clean --plan {plan_id}` exited {clean.returncode}; delete _shards/{plan_id}/ later",
                   file=sys.stderr)
     return 0
+
+
+def resources(spec):
+    """`big=1,ssd=1` → {"big": 1.0, "ssd": 1.0} (None for none); a malformed spec is a usage error."""
+    if not spec:
+        return None
+    out = {}
+    for item in spec.split(","):
+        name, _, amount = item.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            raise ValueError(f"--commit-resources `{spec}`: write NAME=N[,NAME=N], e.g. big=1") from None
+        if not name.strip():
+            raise ValueError(f"--commit-resources `{spec}`: a resource needs a name, e.g. big=1")
+    return out
+
+
+def lacking(client, needed):
+    """The resources no worker of the cluster has enough of (a commit needing them would wait forever)."""
+    if not needed:
+        return {}
+    workers = client.scheduler_info().get("workers", {}).values()
+    return {k: v for k, v in needed.items() if not any(w.get("resources", {}).get(k, 0) >= v for w in workers)}
 
 
 def failed(task):
