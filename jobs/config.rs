@@ -66,6 +66,11 @@ pub struct RunSettings {
     /// A local folder for the run's spool (default: `CSPBILL_SPOOL`, else the system temporary folder). It needs
     /// about the size of the month's staged Parquet; it is emptied when the run ends.
     pub spool_dir: Option<String>,
+    /// Buckets of paying customers the per-invoice tail (invoice detail, FOCUS, per-invoice files) is built in
+    /// (default 1: all at once). A sharded run hands each bucket to a worker (`cspbill shard reduce`); the
+    /// number decides the row order of `fct_invoice_detail` and `focus_cost_and_usage`, so a sharded run and
+    /// `cspbill run` publish the same bytes when they use the same number.
+    pub buckets: Option<u32>,
 }
 
 /// The MSP issuing the invoices.
@@ -263,6 +268,19 @@ impl Config {
             invoice_date: invoice_date.or(b.invoice_date).unwrap_or_else(|| period.next().start()),
             issuer: self.partner.name.clone(),
             max_rejected_rows: b.max_rejected_rows,
+        }
+    }
+
+    /// `[run] buckets` (1 when absent); 0 is a usage error.
+    pub fn buckets(&self) -> Result<u32> {
+        match self.run.buckets {
+            Some(0) => Err(crate::error::Failure::usage(format!(
+                "`{}`: `[run] buckets = 0`: write a number of at least 1 (1 builds every invoice's files at once)",
+                self.path.display()
+            ))
+            .into()),
+            Some(n) => Ok(n),
+            None => Ok(1),
         }
     }
 

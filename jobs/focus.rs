@@ -33,21 +33,33 @@ pub struct FocusSources<'a> {
 /// Builds `focus_cost_and_usage`, streams it into the spool (never collected) and checks that Σ BilledCost per
 /// InvoiceId equals each invoice's subtotal, exactly (a failed check fails the run before anything is published).
 pub fn spool_focus(ctx: &RunContext, src: FocusSources, spool: &Spool, m: &mut Manifest) -> Result<SpoolTable> {
-    let parts = pipeline::invoice::line_parts(src.rated, src.lines);
-    let carriers = crate::spool::collect(pipeline::focus::rounding_carriers(parts.clone()), "focus rounding carriers")?;
-    let subs = crate::spool::collect(pipeline::focus::subscription_names(src.usage, src.invoice_lines)?, "focus subscription names")?;
-    let plan = pipeline::focus::focus_cost_and_usage(
-        pipeline::focus::FocusInputs { parts, invoices: src.invoices, lines: src.lines, carriers: &carriers, subscriptions: &subs },
-        ctx,
-    )?;
+    let subs = subscription_names(src.usage, src.invoice_lines)?;
     let path = spool.path(&format!("tables/{}.parquet", fc::TABLE))?;
-    let t = crate::spool::sink_table(plan, &path, fc::TABLE, ctx.period)?;
+    let t = sink_focus(ctx, src.rated, src.invoices, src.lines, &subs, &path)?;
     check_sums(&t, src.invoices, m)?;
     Ok(t)
 }
 
+/// The subscription names FOCUS rows carry, from the staged usage and invoice lines (small: one row per
+/// subscription).
+pub fn subscription_names(usage: LazyFrame, invoice_lines: LazyFrame) -> Result<DataFrame> {
+    crate::spool::collect(pipeline::focus::subscription_names(usage, invoice_lines)?, "focus subscription names")
+}
+
+/// Streams the FOCUS rows of `invoices` (their lines and rated parts) into `path`, unchecked: for all invoices
+/// ([`spool_focus`]) or one bucket of customers (`crate::buckets`, checked once over every bucket).
+pub fn sink_focus(ctx: &RunContext, rated: LazyFrame, invoices: &DataFrame, lines: &DataFrame, subs: &DataFrame, path: &Path) -> Result<SpoolTable> {
+    let parts = pipeline::invoice::line_parts(rated, lines);
+    let carriers = crate::spool::collect(pipeline::focus::rounding_carriers(parts.clone()), "focus rounding carriers")?;
+    let plan = pipeline::focus::focus_cost_and_usage(
+        pipeline::focus::FocusInputs { parts, invoices, lines, carriers: &carriers, subscriptions: subs },
+        ctx,
+    )?;
+    crate::spool::sink_table(plan, path, fc::TABLE, ctx.period)
+}
+
 /// The invariant: per invoice, Σ BilledCost of its FOCUS rows = its subtotal; no row outside an invoice.
-fn check_sums(t: &SpoolTable, invoices: &DataFrame, m: &mut Manifest) -> Result<()> {
+pub(crate) fn check_sums(t: &SpoolTable, invoices: &DataFrame, m: &mut Manifest) -> Result<()> {
     let sums = crate::spool::collect(
         crate::spool::scan(&t.path)?.group_by([col(fc::InvoiceId)]).agg([col(fc::BilledCost).sum(), len().cast(DataType::Int64).alias("rows")]),
         "focus sums per invoice",

@@ -130,7 +130,7 @@ fn restate(cfg: &Config, wh: &Warehouse, commit: &Commit, c: Period, target: Per
     let dir = cfg.partner_center_location(c);
     let empty = DataFrame::empty_with_schema(&fl::schema());
     let spool = crate::spool::Spool::new(cfg.run.spool_dir.as_deref().map(|d| cfg.resolve(d)).as_deref().map(Path::new))?;
-    let computed = compute(&ctx, &refs, crate::snapshot::Inputs::Folder(dir.into()), Stop::Invoice, empty, &mut m, &mut timer, spool)?;
+    let computed = compute(&ctx, &refs, crate::snapshot::Inputs::Folder(dir.into()), Stop::Invoice, empty, &mut m, &mut timer, spool, crate::stages::Tail::Whole)?;
     if let Some(f) = m.failures() {
         return Err(Failure::invariant(format!("re-stating closed period {c} for late data failed:\n  {f}")).into());
     }

@@ -4,6 +4,7 @@
 //! `crates/core/main.rs` does. The pure stages live in the `pipeline` crate, the tables in `schemas`.
 
 pub mod anomalies;
+pub mod buckets;
 pub mod change_control;
 pub mod compare;
 pub mod drift;

@@ -122,7 +122,29 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop, source: Source<'_
         Source::Snapshot => (crate::snapshot::Inputs::Folder(snapshot_dir.into()), std::collections::HashMap::new()),
         Source::Shards(plan) => crate::shard::typed_inputs(&wh, plan, &spool, &mut m)?,
     };
-    let mut computed = compute(&ctx, &refs, inputs, stop, adjustments, &mut m, &mut timer, spool)?;
+    let issuer = crate::exports::Issuer::from(&cfg.partner);
+    let buckets = match source {
+        Source::Shards(plan) => plan.buckets,
+        Source::Snapshot => cfg.buckets()?,
+    };
+    let fetch = |k: u32, dir: &Path| -> Result<crate::buckets::BucketOutput> {
+        match source {
+            Source::Shards(plan) => crate::shard::fetch_bucket(&wh, plan, k, dir, period),
+            Source::Snapshot => Err(anyhow::anyhow!("bucket {k}: nothing to fetch a bucket from outside a sharded run")),
+        }
+    };
+    let tail = match (buckets, source) {
+        (1, _) => crate::stages::Tail::Whole,
+        (n, Source::Snapshot) => crate::stages::Tail::Buckets { n, issuer: &issuer, fetch: None },
+        (n, Source::Shards(_)) => crate::stages::Tail::Buckets { n, issuer: &issuer, fetch: Some(&fetch) },
+    };
+    m.total("buckets", buckets);
+    let mut computed = compute(&ctx, &refs, inputs, stop, adjustments, &mut m, &mut timer, spool, tail)?;
+    if let (Source::Shards(plan), Some((invoices, lines, _))) = (source, &computed.invoices) {
+        if plan.buckets > 1 {
+            crate::shard::verify_stage(&wh, plan, invoices, lines, &computed.spool)?;
+        }
+    }
     let ledger = crate::ledger::build(cfg.inputs.gl_accounts.is_some(), &wh, &ctx, &refs, &mut computed, &mut m)?;
     timer.lap("ledger");
     // The anomaly report (`marts/rpt_anomalies`) in every full run, nightly and close.
@@ -166,9 +188,15 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop, source: Source<'_
         m.outputs.push(out);
     }
     timer.lap("write tables");
-    if let Some((invoices, lines, detail)) = &computed.invoices {
+    if let Some(files) = &computed.rendered {
+        // Built bucket by bucket (`crate::buckets`): the per-invoice files and the FOCUS files, already written.
+        for (rel, path) in files {
+            let target = format!("marts/exports/{rel}");
+            let out = txn.put_local_file(&target, path)?;
+            m.outputs.push(OutputTable { table: "exports".into(), zone: "marts".into(), path: target, rows: 0, bytes: out.bytes, sha256: out.sha256 });
+        }
+    } else if let Some((invoices, lines, detail)) = &computed.invoices {
         let tmp = tempfile::tempdir_in(computed.spool.dir()).context("creating a temporary folder for exports")?;
-        let issuer = crate::exports::Issuer::from(&cfg.partner);
         let details = crate::exports::DetailByInvoice::split(detail, invoices, tmp.path())?;
         let docs = crate::documents::DocInputs::from_tables(&computed.tables)?;
         let written = crate::exports::write_exports_with(tmp.path(), invoices, lines, &|n: &str, f: &mut dyn FnMut(&DataFrame) -> Result<()>| details.chunks(n, f), &issuer, &docs)?;
@@ -190,7 +218,9 @@ fn run_period_inner(p: &PeriodArgs, mode: RunMode, stop: Stop, source: Source<'_
         }
     }
     timer.lap("ledger exports");
-    crate::focus::publish_customer_files(&computed, &mut txn, &mut m)?;
+    if computed.rendered.is_none() {
+        crate::focus::publish_customer_files(&computed, &mut txn, &mut m)?;
+    }
     timer.lap("focus files");
     let new_anomalies = match &report {
         Some(r) => Some(crate::anomalies::publish_new(&cfg, &wh, &mut txn, r, &run_id, computed.spool.dir(), &mut m)?),

@@ -23,13 +23,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use chrono::NaiveDate;
-use pipeline::Period;
+use pipeline::{Period, RunContext, RunMode};
 use pipeline::ingest::StageOptions;
 use serde::{Deserialize, Serialize};
+use polars::prelude::*;
 use serde_json::json;
 use tracing::info;
 
 use crate::cli::{ModeArg, PeriodArgs};
+use crate::reference::RefFrames;
 use crate::config::{self, Config};
 use crate::error::Failure;
 use crate::inputs::{self, SourceKind};
@@ -65,8 +67,32 @@ pub enum ShardCommand {
         #[arg(long)]
         file: usize,
     },
-    /// Stage, rate, invoice and publish the period from the plan's typed inputs, in one commit, exactly as
-    /// `cspbill run` does; refuses (exit 1) while a map shard is missing.
+    /// With buckets (`[run] buckets` > 1): stage, charge, allocate, rate and invoice the period once, and write the
+    /// rated parts per bucket and the numbered invoices for the reduces; refuses (exit 1) while a map is missing.
+    Stage {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        #[arg(long, value_parser = parse_plan_id)]
+        plan: String,
+        /// As the commit will be run: the invoices carry it.
+        #[arg(long, value_enum, default_value_t = ModeArg::Nightly)]
+        mode: ModeArg,
+        #[arg(long, value_parser = crate::cli::parse_date)]
+        invoice_date: Option<NaiveDate>,
+    },
+    /// With buckets: one bucket's invoice detail, FOCUS rows and per-invoice files (CSV, XLSX, PDF, HTML, FOCUS);
+    /// refuses (exit 1) until the stage is done.
+    Reduce {
+        #[command(flatten)]
+        w: WarehouseArgs,
+        #[arg(long, value_parser = parse_plan_id)]
+        plan: String,
+        /// The bucket's number (0..B-1, B as `shard plan` printed).
+        #[arg(long)]
+        bucket: u32,
+    },
+    /// Stage, rate, invoice and publish the period from the plan's typed inputs (and, with buckets, the reduces'
+    /// files), in one commit, exactly as `cspbill run` does; refuses (exit 1) while a shard is missing.
     Commit {
         #[command(flatten)]
         w: WarehouseArgs,
@@ -119,6 +145,14 @@ pub struct Plan {
     pub colliding_names: Vec<String>,
     /// One map shard per entry, in the snapshot's order.
     pub files: Vec<PlanFile>,
+    /// `[run] buckets` of the config when planned: above 1, the per-invoice tail runs as one reduce per bucket
+    /// after a stage (`crate::buckets`).
+    #[serde(default = "one")]
+    pub buckets: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One input path of a plan: a file, or a v2 export folder.
@@ -198,9 +232,9 @@ fn done_key(id: &str, file: usize) -> String {
     format!("{}/done.json", map_dir(id, file))
 }
 
-/// The plan id of a period's inputs: a digest of their paths and contents.
-pub fn plan_id(period: &str, files: &[PlanFile]) -> Result<String> {
-    let canonical = serde_json::to_vec(&json!({"format": PLAN_FORMAT, "period": period, "files": files}))?;
+/// The plan id of a period's inputs and bucket count: a digest of the inputs' paths and contents.
+pub fn plan_id(period: &str, files: &[PlanFile], buckets: u32) -> Result<String> {
+    let canonical = serde_json::to_vec(&json!({"format": PLAN_FORMAT, "period": period, "files": files, "buckets": buckets}))?;
     Ok(format!("{period}-{}", &crate::inputs_sha256(&canonical)[..16]))
 }
 
@@ -236,24 +270,29 @@ pub fn command(cmd: ShardCommand) -> Result<()> {
     match cmd {
         ShardCommand::Plan { w, period } => {
             let plan = plan(&w, period)?;
-            println!("{}", json!({"plan_id": plan.plan_id, "period": plan.period, "files": plan.files.len()}));
+            println!("{}", json!({"plan_id": plan.plan_id, "period": plan.period, "files": plan.files.len(), "buckets": plan.buckets}));
             Ok(())
         }
         ShardCommand::Map { w, plan, file } => map(&w, &plan, file),
         ShardCommand::Commit { w, plan, mode, invoice_date } => commit(&w, &plan, mode, invoice_date),
+        ShardCommand::Stage { w, plan, mode, invoice_date } => stage(&w, &plan, mode, invoice_date),
+        ShardCommand::Reduce { w, plan, bucket } => reduce(&w, &plan, bucket),
         ShardCommand::Status { w, plan } => {
             let cfg = config::load(&w.config)?;
             let wh = open(&cfg, &w)?;
             let p = read_plan(&wh, &plan)?;
             let missing = missing_maps(&wh, &p)?;
             let done: Vec<usize> = (0..p.files.len()).filter(|n| !missing.contains(n)).collect();
+            let staged = p.buckets == 1 || wh.read_file(&stage_done_key(&p.plan_id))?.is_some();
+            let reduces_missing = if p.buckets > 1 { missing_reduces(&wh, &p)? } else { Vec::new() };
             let committed = wh.committed(p.period()?)?;
             let by_this = committed.as_ref().is_some_and(|c| c.manifest_json["config"]["shard_plan"] == plan.as_str());
             println!(
                 "{}",
                 json!({
                     "plan_id": p.plan_id, "period": p.period, "files": p.files.len(), "done": done, "missing": missing,
-                    "ready_to_commit": missing.is_empty(), "committed": by_this,
+                    "buckets": p.buckets, "staged": staged, "reduces_missing": reduces_missing,
+                    "ready_to_commit": missing.is_empty() && staged && reduces_missing.is_empty(), "committed": by_this,
                     "committed_version": if by_this { committed.map(|c| c.version) } else { None },
                 })
             );
@@ -312,12 +351,13 @@ pub fn plan(w: &WarehouseArgs, period: Period) -> Result<Plan> {
     }
     let mut colliding: Vec<String> = crate::snapshot::colliding_names(names.iter().map(String::as_str)).into_iter().collect();
     colliding.sort();
-    let id = plan_id(&period.to_string(), &files)?;
-    let plan = Plan { format: PLAN_FORMAT.into(), plan_id: id.clone(), period: period.to_string(), snapshot: location, colliding_names: colliding, files };
+    let buckets = cfg.buckets()?;
+    let id = plan_id(&period.to_string(), &files, buckets)?;
+    let plan = Plan { format: PLAN_FORMAT.into(), plan_id: id.clone(), period: period.to_string(), snapshot: location, colliding_names: colliding, files, buckets };
     if let Some(existing) = wh.read_file(&plan_key(&id))? {
         // The same inputs were planned before (the id is their digest): their upload is complete.
         let existing: Plan = serde_json::from_slice(&existing).with_context(|| format!("reading `{}`", plan_key(&id)))?;
-        if existing.files == plan.files {
+        if existing.files == plan.files && existing.buckets == plan.buckets {
             info!(plan = %id, "plan already in the warehouse");
             return Ok(existing);
         }
@@ -414,9 +454,43 @@ pub fn commit(w: &WarehouseArgs, id: &str, mode: ModeArg, invoice_date: Option<N
     let cfg = config::load(&w.config)?;
     let wh = open(&cfg, w)?;
     let plan = read_plan(&wh, id)?;
-    refuse_missing(&wh, &plan)?;
+    refuse_incomplete(&wh, &plan)?;
     let p = PeriodArgs { config: w.config.clone(), period: plan.period()?, warehouse: w.warehouse.clone(), invoice_date };
     crate::run::run_period_from(&p, mode.into(), Stop::All, crate::run::Source::Shards(&plan))
+}
+
+/// Before a commit: every map, and with buckets the stage and every reduce, must be done.
+fn refuse_incomplete(wh: &Warehouse, plan: &Plan) -> Result<()> {
+    refuse_missing(wh, plan)?;
+    if plan.buckets <= 1 {
+        return Ok(());
+    }
+    refuse_unstaged(wh, plan)?;
+    let missing = missing_reduces(wh, plan)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.iter().take(20).map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    Err(Failure::invariant(format!(
+        "shard commit of plan {} refused: {} of {} reduce(s) not done (--bucket {list}{}); run `cspbill shard reduce --plan {} --bucket K` for each, then commit again; nothing was published",
+        plan.plan_id,
+        missing.len(),
+        plan.buckets,
+        if missing.len() > 20 { ", ..." } else { "" },
+        plan.plan_id
+    ))
+    .into())
+}
+
+fn refuse_unstaged(wh: &Warehouse, plan: &Plan) -> Result<()> {
+    if wh.read_file(&stage_done_key(&plan.plan_id))?.is_some() {
+        return Ok(());
+    }
+    Err(Failure::invariant(format!(
+        "plan {} is not staged: run `cspbill shard stage --plan {}` (after every map) first; nothing was published",
+        plan.plan_id, plan.plan_id
+    ))
+    .into())
 }
 
 fn refuse_missing(wh: &Warehouse, plan: &Plan) -> Result<()> {
@@ -485,6 +559,283 @@ pub(crate) fn typed_inputs(wh: &Warehouse, plan: &Plan, spool: &Spool, m: &mut M
     Ok((Inputs::Typed { location: plan.snapshot.clone(), inputs: out }, raw))
 }
 
+// ------------------------------------------------------------------------------------------------------------
+// With buckets: the stage and the reduces (`crate::buckets`)
+// ------------------------------------------------------------------------------------------------------------
+
+fn stage_dir(id: &str) -> String {
+    format!("_shards/{id}/stage")
+}
+
+fn stage_done_key(id: &str) -> String {
+    format!("{}/done.json", stage_dir(id))
+}
+
+fn reduce_dir(id: &str, bucket: u32) -> String {
+    format!("_shards/{id}/reduce/{bucket:05}")
+}
+
+fn reduce_done_key(id: &str, bucket: u32) -> String {
+    format!("{}/done.json", reduce_dir(id, bucket))
+}
+
+/// An object a phase wrote, with its digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Obj {
+    path: String,
+    bytes: u64,
+    sha256: String,
+}
+
+/// What the stage wrote (`done.json`, last): the rated parts per bucket, the numbered invoices and lines, the
+/// FOCUS subscription names, and the mode and invoice date they were computed for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StageDone {
+    plan_id: String,
+    mode: String,
+    invoice_date: NaiveDate,
+    rated: Vec<Obj>,
+    invoices: Obj,
+    lines: Obj,
+    subscriptions: Obj,
+}
+
+/// What a reduce wrote (`done.json`, last): its detail and FOCUS rows and its per-invoice files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReduceDone {
+    plan_id: String,
+    bucket: u32,
+    detail: Obj,
+    detail_period_column: Option<usize>,
+    focus: Obj,
+    focus_period_column: Option<usize>,
+    /// (path below `marts/exports/`, object)
+    files: Vec<(String, Obj)>,
+}
+
+fn upload(wh: &Warehouse, key: String, local: &Path) -> Result<Obj> {
+    let (bytes, sha256) = wh.upload_file(&key, local)?;
+    Ok(Obj { path: key, bytes, sha256 })
+}
+
+fn download(wh: &Warehouse, o: &Obj, local: &Path, rerun: &str) -> Result<()> {
+    if let Some(parent) = local.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating `{}`", parent.display()))?;
+    }
+    let sha = if wh.download_file(&o.path, local)? { sha256_file(local)? } else { String::new() };
+    if sha != o.sha256 {
+        return Err(Failure::invariant(format!("`{}` is missing or changed since it was written: {rerun}", o.path)).into());
+    }
+    Ok(())
+}
+
+fn write_frame(df: &DataFrame, path: &Path) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating `{}`", path.display()))?;
+    ParquetWriter::new(f).finish(&mut df.clone()).map_err(|e| anyhow::anyhow!("writing `{}`: {e}", path.display()))?;
+    Ok(())
+}
+
+fn read_frame(path: &Path) -> Result<DataFrame> {
+    let f = std::fs::File::open(path).with_context(|| format!("reading `{}`", path.display()))?;
+    ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("reading `{}`: {e}", path.display()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(wh: &Warehouse, key: &str) -> Result<Option<T>> {
+    match wh.read_file(key)? {
+        Some(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("reading `{key}`"))?)),
+        None => Ok(None),
+    }
+}
+
+fn mode_name(mode: RunMode) -> &'static str {
+    if mode == RunMode::Close { "close" } else { "nightly" }
+}
+
+/// The context and reference data of a stage or a reduce, as the commit will have them: change control's
+/// approved versions, the policies with the invoice date, the mode.
+fn period_context(cfg: Config, wh: &Warehouse, plan: &Plan, mode: RunMode, invoice_date: Option<NaiveDate>) -> Result<(Config, crate::change_control::Pinned, RunContext, RefFrames, Manifest)> {
+    let period = plan.period()?;
+    let mut m = Manifest::new(&format!("shard-{}", plan.plan_id), &plan.period, mode_name(mode), wh.url(), String::new());
+    let (cfg, pinned) = crate::change_control::pin(cfg, wh, mode, &mut m)?;
+    let refs = crate::run::load_reference(&cfg, period, &mut m)?;
+    let ctx = RunContext { period, run_id: format!("shard-{}", plan.plan_id), mode, policies: cfg.policies(period, invoice_date) };
+    Ok((cfg, pinned, ctx, refs, m))
+}
+
+fn bucketed(plan: &Plan, what: &str) -> Result<()> {
+    if plan.buckets > 1 {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "plan {} has one bucket (`[run] buckets` of the config when planned): it has no {what}; commit it after its maps",
+        plan.plan_id
+    ))
+    .into())
+}
+
+/// `shard stage`: everything up to the numbered invoices, once, and the rated parts split by bucket.
+pub fn stage(w: &WarehouseArgs, id: &str, mode: ModeArg, invoice_date: Option<NaiveDate>) -> Result<()> {
+    let cfg = config::load(&w.config)?;
+    let wh = open(&cfg, w)?;
+    let plan = read_plan(&wh, id)?;
+    bucketed(&plan, "stage")?;
+    refuse_missing(&wh, &plan)?;
+    let mode: RunMode = mode.into();
+    let (cfg, _pinned, ctx, refs, mut m) = period_context(cfg, &wh, &plan, mode, invoice_date)?;
+    if let Some(done) = read_json::<StageDone>(&wh, &stage_done_key(id))? {
+        if done.mode == mode_name(mode) && done.invoice_date == ctx.policies.invoice_date {
+            println!("stage of plan {id} was already done");
+            return Ok(());
+        }
+    }
+    let adjustments = crate::late::adjustments_for(&cfg, &wh, &ctx, &mut m)?;
+    let spool = spool(&cfg)?;
+    let (inputs, _) = typed_inputs(&wh, &plan, &spool, &mut m)?;
+    let mut timer = crate::manifest::Timer::new();
+    let computed = crate::stages::compute(&ctx, &refs, inputs, Stop::Invoice, adjustments, &mut m, &mut timer, std::sync::Arc::clone(&spool), crate::stages::Tail::Whole)?;
+    if let Some(f) = m.failures() {
+        return Err(Failure::invariant(format!("plan {id} not staged: invariant violated:\n  {f}")).into());
+    }
+    let (invoices, lines, _) = computed.invoices.as_ref().context("the stage computed no invoices")?;
+    let table = |name: &str| -> Result<LazyFrame> {
+        match computed.tables.iter().find(|(t, _, _)| *t == name).map(|(_, _, d)| d) {
+            Some(crate::stages::TableData::Spool(t)) => t.scan(),
+            _ => Err(anyhow::anyhow!("the stage has no spooled `{name}`")),
+        }
+    };
+    let rated = table(schemas::int_charges_rated::TABLE)?;
+    let subs = crate::focus::subscription_names(table(schemas::stg_pc_daily_usage::TABLE)?, table(schemas::stg_pc_invoice_lines::TABLE)?)?;
+    let dir = stage_dir(id);
+    let mut rated_objs = Vec::new();
+    for (k, customers) in crate::buckets::customers_by_bucket(invoices, plan.buckets)?.iter().enumerate() {
+        let local = spool.path(&format!("stage/rated-{k:05}.parquet"))?;
+        crate::spool::sink_parquet(crate::buckets::parts_of(rated.clone(), customers), &local, "the rated parts of a bucket")?;
+        rated_objs.push(upload(&wh, format!("{dir}/rated-{k:05}.parquet"), &local)?);
+        let _ = std::fs::remove_file(&local);
+    }
+    let small = |df: &DataFrame, name: &str| -> Result<Obj> {
+        let local = spool.path(&format!("stage/{name}.parquet"))?;
+        write_frame(df, &local)?;
+        upload(&wh, format!("{dir}/{name}.parquet"), &local)
+    };
+    let done = StageDone {
+        plan_id: id.to_string(),
+        mode: mode_name(mode).to_string(),
+        invoice_date: ctx.policies.invoice_date,
+        rated: rated_objs,
+        invoices: small(invoices, "invoices")?,
+        lines: small(lines, "lines")?,
+        subscriptions: small(&subs, "subscriptions")?,
+    };
+    wh.put_file(&stage_done_key(id), Bytes::from(serde_json::to_vec_pretty(&done)?))?;
+    println!("stage of plan {id}: {} invoice(s) in {} bucket(s)", invoices.height(), plan.buckets);
+    Ok(())
+}
+
+/// `shard reduce`: one bucket's detail, FOCUS rows and per-invoice files (`buckets::run_bucket`).
+pub fn reduce(w: &WarehouseArgs, id: &str, bucket: u32) -> Result<()> {
+    let cfg = config::load(&w.config)?;
+    let wh = open(&cfg, w)?;
+    let plan = read_plan(&wh, id)?;
+    bucketed(&plan, "reduce")?;
+    if bucket >= plan.buckets {
+        return Err(Failure::usage(format!("plan {id} has {} buckets, numbered 0 to {}; there is no --bucket {bucket}", plan.buckets, plan.buckets - 1)).into());
+    }
+    refuse_unstaged(&wh, &plan)?;
+    if read_json::<ReduceDone>(&wh, &reduce_done_key(id, bucket))?.is_some() {
+        println!("reduce {bucket} of plan {id} was already done");
+        return Ok(());
+    }
+    let sd: StageDone = read_json(&wh, &stage_done_key(id))?.context("the stage's done.json vanished")?;
+    let mode = if sd.mode == "close" { RunMode::Close } else { RunMode::Nightly };
+    let (cfg, _pinned, ctx, refs, _m) = period_context(cfg, &wh, &plan, mode, Some(sd.invoice_date))?;
+    let spool = spool(&cfg)?;
+    let rerun = format!("delete `{}` and run `cspbill shard stage --plan {id}` again", stage_done_key(id));
+    let local = |name: &str| spool.path(&format!("stage/{name}"));
+    let rated_obj = sd.rated.get(bucket as usize).with_context(|| format!("the stage has no rated parts for bucket {bucket}"))?;
+    download(&wh, rated_obj, &local("rated.parquet")?, &rerun)?;
+    download(&wh, &sd.invoices, &local("invoices.parquet")?, &rerun)?;
+    download(&wh, &sd.lines, &local("lines.parquet")?, &rerun)?;
+    download(&wh, &sd.subscriptions, &local("subscriptions.parquet")?, &rerun)?;
+    let all_invoices = read_frame(&local("invoices.parquet")?)?;
+    let groups = crate::buckets::customers_by_bucket(&all_invoices, plan.buckets)?;
+    let customers = &groups[bucket as usize];
+    let invoices = crate::buckets::invoices_of(&all_invoices, customers)?;
+    let lines = crate::buckets::lines_of(&read_frame(&local("lines.parquet")?)?, customers)?;
+    let subs = read_frame(&local("subscriptions.parquet")?)?;
+    let docs = crate::documents::DocInputs::from_frames(Some(&refs.customers), Some(&refs.tag_rules))?;
+    let issuer = crate::exports::Issuer::from(&cfg.partner);
+    let dir = spool.path(&format!("reduce/{bucket:05}/"))?;
+    let out = crate::buckets::run_bucket(
+        crate::buckets::BucketInput { ctx: &ctx, rated: crate::spool::scan(&local("rated.parquet")?)?, invoices: &invoices, lines: &lines, subs: &subs, issuer: &issuer, docs: &docs },
+        &dir,
+    )?;
+    let rd = reduce_dir(id, bucket);
+    let mut files = Vec::with_capacity(out.files.len());
+    for (rel, path) in &out.files {
+        files.push((rel.clone(), upload(&wh, format!("{rd}/files/{rel}"), path)?));
+    }
+    let done = ReduceDone {
+        plan_id: id.to_string(),
+        bucket,
+        detail: upload(&wh, format!("{rd}/detail.parquet"), &out.detail.path)?,
+        detail_period_column: out.detail.period_column,
+        focus: upload(&wh, format!("{rd}/focus.parquet"), &out.focus.path)?,
+        focus_period_column: out.focus.period_column,
+        files,
+    };
+    wh.put_file(&reduce_done_key(id, bucket), Bytes::from(serde_json::to_vec_pretty(&done)?))?;
+    println!("reduce {bucket} of plan {id}: {} invoice(s), {} file(s)", invoices.height(), done.files.len());
+    Ok(())
+}
+
+/// The reduces of a plan whose `done.json` is missing.
+pub fn missing_reduces(wh: &Warehouse, plan: &Plan) -> Result<Vec<u32>> {
+    let listed: HashSet<String> = wh.list_files(&format!("_shards/{}/reduce/", plan.plan_id))?.into_iter().collect();
+    Ok((0..plan.buckets).filter(|k| !listed.contains(&reduce_done_key(&plan.plan_id, *k))).collect())
+}
+
+/// For the commit: bucket `k`'s finished work, downloaded into `dir` and checked against its digests.
+pub(crate) fn fetch_bucket(wh: &Warehouse, plan: &Plan, k: u32, dir: &Path, period: Period) -> Result<crate::buckets::BucketOutput> {
+    let id = &plan.plan_id;
+    let done: ReduceDone = read_json(wh, &reduce_done_key(id, k))?
+        .ok_or_else(|| Failure::invariant(format!("reduce {k} of plan {id} is not done: run `cspbill shard reduce --plan {id} --bucket {k}`")))?;
+    let rerun = format!("delete `{}` and run `cspbill shard reduce --plan {id} --bucket {k}` again", reduce_done_key(id, k));
+    let (detail, focus) = (dir.join("detail.parquet"), dir.join("focus.parquet"));
+    download(wh, &done.detail, &detail, &rerun)?;
+    download(wh, &done.focus, &focus, &rerun)?;
+    let mut files = Vec::with_capacity(done.files.len());
+    for (rel, o) in &done.files {
+        let local = dir.join("files").join(rel);
+        download(wh, o, &local, &rerun)?;
+        files.push((rel.clone(), local));
+    }
+    Ok(crate::buckets::BucketOutput {
+        detail: crate::spool::SpoolTable { path: detail, period_column: done.detail_period_column, period },
+        focus: crate::spool::SpoolTable { path: focus, period_column: done.focus_period_column, period },
+        files,
+    })
+}
+
+/// For the commit: the invoices and lines it computed must be the ones the stage numbered for the reduces
+/// (the same inputs, reference data, mode and invoice date); else the reduces' files are of other invoices.
+pub(crate) fn verify_stage(wh: &Warehouse, plan: &Plan, invoices: &DataFrame, lines: &DataFrame, spool: &Spool) -> Result<()> {
+    let id = &plan.plan_id;
+    let sd: StageDone = read_json(wh, &stage_done_key(id))?.with_context(|| format!("plan {id} is not staged"))?;
+    let rerun = format!("delete `{}` and run `cspbill shard stage --plan {id}` again", stage_done_key(id));
+    let (a, b) = (spool.path("stage-check/invoices.parquet")?, spool.path("stage-check/lines.parquet")?);
+    download(wh, &sd.invoices, &a, &rerun)?;
+    download(wh, &sd.lines, &b, &rerun)?;
+    if !read_frame(&a)?.equals_missing(invoices) || !read_frame(&b)?.equals_missing(lines) {
+        return Err(Failure::invariant(format!(
+            "plan {id}: the commit's invoices differ from those the stage numbered for the reduces (it was staged for mode `{}` and invoice date {}; reference data may have changed since): stage and reduce again with the commit's --mode and --invoice-date, or commit with the stage's; nothing was published",
+            sd.mode, sd.invoice_date
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,14 +843,15 @@ mod tests {
     #[test]
     fn plan_ids_are_the_period_and_a_digest_of_the_inputs() {
         let files = vec![PlanFile { path: "a.csv".into(), objects: vec![PlanObject { path: "a.csv".into(), bytes: 3, sha256: "ab".repeat(32) }] }];
-        let id = plan_id("2025-06", &files).unwrap();
+        let id = plan_id("2025-06", &files, 1).unwrap();
         assert!(parse_plan_id(&id).is_ok(), "{id}");
         assert!(id.starts_with("2025-06-"));
-        assert_eq!(id, plan_id("2025-06", &files.clone()).unwrap());
+        assert_eq!(id, plan_id("2025-06", &files.clone(), 1).unwrap());
+        assert_ne!(id, plan_id("2025-06", &files, 4).unwrap(), "the bucket count is part of the plan");
         let mut changed = files.clone();
         changed[0].objects[0].sha256 = "cd".repeat(32);
-        assert_ne!(id, plan_id("2025-06", &changed).unwrap());
-        assert_ne!(id, plan_id("2025-07", &files).unwrap());
+        assert_ne!(id, plan_id("2025-06", &changed, 1).unwrap());
+        assert_ne!(id, plan_id("2025-07", &files, 1).unwrap());
     }
 
     #[test]

@@ -53,7 +53,22 @@ pub struct Computed {
     pub tables: Vec<(&'static str, Zone, TableData)>,
     /// `fct_invoices`, `fct_invoice_lines` (small) and the spool file of `fct_invoice_detail`.
     pub invoices: Option<(DataFrame, DataFrame, crate::spool::SpoolTable)>,
+    /// With buckets ([`Tail::Buckets`]): every per-invoice file (CSV, XLSX, PDF, HTML, FOCUS), already written,
+    /// with its path below `marts/exports/`; the run publishes these instead of writing them.
+    pub rendered: Option<Vec<(String, std::path::PathBuf)>>,
     pub spool: std::sync::Arc<crate::spool::Spool>,
+}
+
+/// Fetches bucket K's finished work into a folder (a sharded run's reduce, `crate::shard`).
+pub type FetchBucket<'a> = dyn Fn(u32, &std::path::Path) -> Result<crate::buckets::BucketOutput> + 'a;
+
+/// How a full run (`Stop::All`) builds the per-invoice tail: the detail, FOCUS and per-invoice files.
+pub enum Tail<'a> {
+    /// For every invoice at once (`[run] buckets = 1`, the default).
+    Whole,
+    /// In `n` buckets of paying customers (`crate::buckets`), each built here or, with `fetch`, fetched from a
+    /// sharded run's reduce.
+    Buckets { n: u32, issuer: &'a crate::exports::Issuer, fetch: Option<&'a FetchBucket<'a>> },
 }
 
 /// Collects a plan whose result is small, with the streaming engine, naming the stage on failure.
@@ -130,6 +145,7 @@ pub fn compute(
     m: &mut Manifest,
     timer: &mut Timer,
     spool: std::sync::Arc<crate::spool::Spool>,
+    tail: Tail<'_>,
 ) -> Result<Computed> {
     let pb = progress();
     let mut tables: Vec<(&'static str, Zone, TableData)> = Vec::new();
@@ -207,7 +223,7 @@ pub fn compute(
     for (t, df) in refs.tables() {
         tables.push((t, Zone::Staged, TableData::Frame(df.clone())));
     }
-    let done = |tables, files, spool| Ok(Computed { files, tables, invoices: None, spool });
+    let done = |tables, files, spool| Ok(Computed { files, tables, invoices: None, rendered: None, spool });
     if stop == Stop::Ingest {
         pb.finish_and_clear();
         return done(tables, snap.files, spool);
@@ -348,6 +364,41 @@ pub fn compute(
     for c in &inv.checks {
         m.check(&format!("invoice {} adds up", c.invoice_number), c.ok(), c.describe());
     }
+    if let (Stop::All, Tail::Buckets { n, issuer, fetch }) = (stop, tail) {
+        // The per-invoice tail in buckets of paying customers (`crate::buckets`).
+        tables.push((schemas::fct_invoices::TABLE, Zone::Marts, TableData::Frame(inv.invoices.clone())));
+        tables.push((schemas::fct_invoice_lines::TABLE, Zone::Marts, TableData::Frame(inv.lines.clone())));
+        m.total("invoices", inv.invoices.height());
+        timer.lap("invoice");
+        pb.set_message("invoice detail, FOCUS and files, by bucket");
+        let groups = crate::buckets::customers_by_bucket(&inv.invoices, n)?;
+        let mut outs = Vec::with_capacity(groups.len());
+        let subs = if fetch.is_none() { Some(crate::focus::subscription_names(usage.clone(), invoice.clone())?) } else { None };
+        let docs = crate::documents::DocInputs::from_tables(&tables)?;
+        for (k, customers) in groups.iter().enumerate() {
+            let dir = spool.path(&format!("buckets/{k:05}/"))?;
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating `{}`: {e}", dir.display()))?;
+            let out = match fetch {
+                Some(f) => f(k as u32, &dir)?,
+                None => {
+                    let subs = subs.as_ref().ok_or_else(|| anyhow::anyhow!("the FOCUS subscription names were not read"))?;
+                    let (invoices, lines) = (crate::buckets::invoices_of(&inv.invoices, customers)?, crate::buckets::lines_of(&inv.lines, customers)?);
+                    crate::buckets::run_bucket(
+                        crate::buckets::BucketInput { ctx, rated: crate::buckets::parts_of(rated.clone(), customers), invoices: &invoices, lines: &lines, subs, issuer, docs: &docs },
+                        &dir,
+                    )?
+                }
+            };
+            outs.push(out);
+        }
+        let merged = crate::buckets::merge(&outs, &spool)?;
+        crate::focus::check_sums(&merged.focus, &inv.invoices, m)?;
+        tables.push((schemas::fct_invoice_detail::TABLE, Zone::Marts, TableData::Spool(merged.detail.clone())));
+        tables.push((schemas::focus_cost_and_usage::TABLE, Zone::Marts, TableData::Spool(merged.focus)));
+        timer.lap("buckets");
+        pb.finish_and_clear();
+        return Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, merged.detail)), rendered: Some(merged.files), spool });
+    }
     let (_, detail_path) = spool_table(&spool, inv.detail, schemas::fct_invoice_detail::TABLE, ctx.period)?;
     tables.push((schemas::fct_invoices::TABLE, Zone::Marts, TableData::Frame(inv.invoices.clone())));
     tables.push((schemas::fct_invoice_lines::TABLE, Zone::Marts, TableData::Frame(inv.lines.clone())));
@@ -362,7 +413,7 @@ pub fn compute(
         timer.lap("focus");
     }
     pb.finish_and_clear();
-    Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, detail_path)), spool })
+    Ok(Computed { files: snap.files, tables, invoices: Some((inv.invoices, inv.lines, detail_path)), rendered: None, spool })
 }
 
 /// Reconciliation to Microsoft (issue #7): per customer, Σ Subtotal of the invoice file against Σ cost charged

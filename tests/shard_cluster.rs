@@ -35,7 +35,7 @@ fn sharded_runs_on_a_local_dask_cluster_equal_the_single_run() {
         .expect("running tests/shard_cluster_check.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the cluster checks failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for case in ["identical", "worker_killed", "concurrent", "missing_shard", "retries"] {
+    for case in ["identical", "worker_killed", "concurrent", "missing_shard", "retries", "buckets"] {
         assert!(stdout.lines().any(|l| l.starts_with(&format!("ok {case} "))), "case {case} did not pass:\n{stdout}");
     }
 }

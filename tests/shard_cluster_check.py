@@ -19,6 +19,7 @@ Cases (default: all, in this order):
                  worker process running it (the wrapper's parent, checked to be a worker's pid) is killed with
                  SIGKILL; the run still completes, == the single run, and file 0 was started at least twice
   concurrent     plan, `shard map --file 0` twice at once, the other files, commit == the single run
+  buckets        `[run] buckets = 3`: plan, maps, a stage, three reduces, commit == `cspbill run` with that config
   retries        a wrapper fails map 0's first attempt and the commit with exit 1: the map is retried, the commit is
                  not (the driver exits 1), nothing is published
   missing_shard  plan, map all files but the last, commit: exit 1 naming the last shard and no other, and nothing
@@ -184,7 +185,7 @@ class Workspace:
         self.base = (self.dir / "cspbill.toml").read_text()
         self.written = []
 
-    def config(self, name):
+    def config(self, name, extra=""):
         prefix = f"{self.store.run_prefix}/{name}"
         kept, skip = [], False
         for line in self.base.splitlines():
@@ -196,7 +197,7 @@ class Workspace:
         kept += ["", "[warehouse]", f'url = "s3://{BUCKET}/{prefix}"', "", "[warehouse.options]",
                  f'aws_endpoint_url = "{self.endpoint}"', 'aws_allow_http = "true"',
                  'aws_virtual_hosted_style_request = "false"', 'aws_region = "us-east-1"',
-                 'aws_access_key_id = "test"', 'aws_secret_access_key = "test"', ""]
+                 'aws_access_key_id = "test"', 'aws_secret_access_key = "test"', "", extra]
         path = self.dir / f"cspbill.{self.store.run_prefix.rsplit('/', 1)[-1]}.{name}.toml"
         path.write_text("\n".join(kept))
         check(tomllib.loads(path.read_text())["warehouse"]["url"] == f"s3://{BUCKET}/{prefix}", "config not as written")
@@ -431,8 +432,29 @@ exec '{self.bin}' "$@"
         p = run(cmd)
         check(p.returncode == 2 and "no worker" in p.stderr, "--commit-resources gpu=1: expected exit 2\n" + describe(cmd, p))
 
+    def case_buckets(self):
+        """`[run] buckets = 3`: the driver runs a stage and three reduces between the maps and the commit; the result
+        equals a single-machine `cspbill run` with the same config, and the reduces ran on both workers' share."""
+        extra = "[run]\nbuckets = 3\n"
+        cfg1, prefix1 = self.ws.config("buckets_single", extra)
+        cmd = [self.bin, "run", "--config", cfg1, "--period", self.period]
+        p = run(cmd)
+        check(p.returncode == 0, describe(cmd, p))
+        truth = published(self.store, prefix1, p.stdout)
+        cfg, prefix = self.ws.config("buckets", extra)
+        started = lambda n: len(re.findall(r"\[reduce \d+\] starting", self.cluster.log(n)))
+        before = {n: started(n) for n in ("worker1", "worker2")}
+        cmd = self.driver(cfg)
+        p = run(cmd)
+        check(p.returncode == 0, describe(cmd, p))
+        same(truth, published(self.store, prefix, p.stdout), "the bucketed sharded run")
+        reduces = sum(started(n) - before[n] for n in before)
+        check(reduces >= 3, f"expected the 3 reduce tasks to start, the worker logs show {reduces}")
+        stages = sum(self.cluster.log(n).count("[stage] starting") for n in before)
+        check(stages >= 1, "no stage task ran")
 
-CASES = ["identical", "worker_killed", "concurrent", "missing_shard", "retries"]
+
+CASES = ["identical", "worker_killed", "concurrent", "missing_shard", "retries", "buckets"]
 
 
 def main():

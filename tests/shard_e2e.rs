@@ -311,3 +311,73 @@ fn a_tampered_shard_output_fails_the_commit_naming_it() {
     commit(&b, &config, &id);
     assert_same(&single, &b);
 }
+
+/// `[run] buckets = 3` in the workspace's config.
+fn with_buckets(ws: &Path, n: u32) {
+    let cfg = ws.join("cspbill.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("\n[run]\nbuckets = {n}\n"));
+    std::fs::write(cfg, text).unwrap();
+}
+
+#[test]
+fn with_buckets_the_reduces_build_the_invoice_files_and_the_commit_equals_the_single_run() {
+    let (_t, ws) = workspace();
+    let config = ws.join("cspbill.toml");
+    let cfg = config.to_string_lossy().to_string();
+    // The same month with one bucket, for the files that must not depend on the bucket count.
+    let whole = common::local();
+    ok(&whole, &["run", "--config", &cfg, "--period", PERIOD]);
+    with_buckets(&ws, 3);
+    let single = common::local();
+    ok(&single, &["run", "--config", &cfg, "--period", PERIOD]);
+
+    // Bucketed or not, the invoices, their lines, every per-invoice file and every other table are the same
+    // bytes; `fct_invoice_detail` and `focus_cost_and_usage` hold the same rows (in bucket order).
+    let (fw, _, _) = published(&whole);
+    let (fs, _, _) = published(&single);
+    let reordered = ["marts/fct_invoice_detail/period=2025-06/part-0.parquet", "marts/focus_cost_and_usage/period=2025-06/part-0.parquet"];
+    let differ: Vec<&String> = fw.keys().chain(fs.keys()).filter(|k| fw.get(*k) != fs.get(*k) && !reordered.contains(&k.as_str())).collect();
+    assert!(differ.is_empty(), "buckets changed these files: {differ:?}");
+    assert!(fs.keys().filter(|k| k.ends_with(".pdf")).count() >= 5);
+    let p = period();
+    let (a, b) = (Warehouse::open(&whole.url, &whole.options).unwrap(), Warehouse::open(&single.url, &single.options).unwrap());
+    assert!(common::compare_committed(&a, &b, p, &[]).is_empty(), "{:?}", common::compare_committed(&a, &b, p, &[]));
+
+    for b in common::backends("shard-buckets") {
+        let out = ok(&b, &["shard", "plan", "--config", &cfg, "--period", PERIOD]);
+        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_string();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let (id, files) = (v["plan_id"].as_str().unwrap().to_string(), v["files"].as_u64().unwrap() as usize);
+        assert_eq!(v["buckets"], 3, "{v}");
+        let run = |args: &[&str]| cspbill(&b, args);
+        // Phases in order: a stage before its maps, a reduce before the stage, a commit before the reduces.
+        let out = run(&["shard", "stage", "--config", &cfg, "--plan", &id]);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        for n in 0..files {
+            map(&b, &config, &id, n);
+        }
+        let out = run(&["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", "0"]);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("shard stage"), "{}", String::from_utf8_lossy(&out.stderr));
+        ok(&b, &["shard", "stage", "--config", &cfg, "--plan", &id]);
+        for k in [2, 0] {
+            ok(&b, &["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", &k.to_string()]);
+        }
+        let out = run(&["shard", "commit", "--config", &cfg, "--plan", &id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("--bucket 1") && err.contains("1 of 3 reduce"), "{err}");
+        assert!(Warehouse::open(&b.url, &b.options).unwrap().committed(p).unwrap().is_none());
+        let out = run(&["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", "3"]);
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        ok(&b, &["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", "1"]);
+        // A commit for another invoice date than the stage's would publish files of other invoices: refused.
+        let out = run(&["shard", "commit", "--config", &cfg, "--plan", &id, "--invoice-date", "2025-07-15"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("differ from those the stage numbered"), "{err}");
+        commit(&b, &config, &id);
+        assert_same(&single, &b);
+    }
+}

@@ -8,8 +8,10 @@ Phases, each the `cspbill` binary run with subprocess:
      warehouse, so the inputs need to be on this machine only (workers read them back from the warehouse), and
      the number of map shards must be known here anyway to build the task graph.
   2. one `cspbill shard map --file N` task per input file (pure=False, retried);
-  3. one `cspbill shard commit` task that depends on every map task: the one atomic commit of the period;
-  4. `cspbill shard clean` here, after a successful commit (unless --keep-shards): the plan's work files go.
+  3. with buckets (`[run] buckets` > 1, as the plan says): one `shard stage` task after the maps, then one
+     `shard reduce --bucket K` task per bucket (the per-invoice detail, FOCUS rows and files of its customers);
+  4. one `cspbill shard commit` task that depends on every map (or reduce) task: the one atomic commit;
+  5. `cspbill shard clean` here, after a successful commit (unless --keep-shards): the plan's work files go.
 The warehouse (`[warehouse]` in the config, or --warehouse) is the only shared state; every command is idempotent
 and safe to run twice at once, so Dask may retry or re-run any task (a killed worker's task is rescheduled).
 
@@ -71,12 +73,13 @@ def run_cspbill(label, cmd):
     raise RuntimeError(f"cspbill {label} {what}:\n{stderr}")
 
 
-def commit_after(maps, cmd):
-    """The commit task: its arguments are the map tasks' results, so it starts once every map has finished."""
-    failed = [m for m in maps if not m["ok"]]
-    if failed:  # a map exited 2: do not commit, pass the first failure on
+def run_after(before, label, cmd):
+    """A task that starts once every task in `before` has finished (its arguments are their results); when one of
+    them failed for good (exit 2), it does not run and passes that failure on."""
+    failed = [m for m in before if not m["ok"]]
+    if failed:
         return failed[0]
-    return run_cspbill("commit", cmd)
+    return run_cspbill(label, cmd)
 
 
 def main(argv=None):
@@ -124,8 +127,8 @@ def main(argv=None):
         print(f"error: `{' '.join(plan_cmd)}` printed no plan:\n{planned.stdout}", file=sys.stderr)
         return 1
     plan = json.loads(lines[-1])
-    plan_id, files = plan["plan_id"], int(plan["files"])
-    print(f"plan {plan_id}: {files} map shard(s)", file=sys.stderr)
+    plan_id, files, buckets = plan["plan_id"], int(plan["files"]), int(plan.get("buckets", 1))
+    print(f"plan {plan_id}: {files} map shard(s), {buckets} bucket(s)", file=sys.stderr)
 
     # 2. One map task per input file; 3. the commit, depending on all of them.
     with Client(a.scheduler) as client:
@@ -137,18 +140,25 @@ def main(argv=None):
         map_cmd = [a.cspbill, "shard", "map", *common, "--plan", plan_id, "--file"]
         maps = [client.submit(run_cspbill, f"map {n}", [*map_cmd, str(n)], pure=False, retries=a.retries)
                 for n in range(files)]
-        commit_cmd = [a.cspbill, "shard", "commit", *common, "--plan", plan_id]
-        if a.mode:
-            commit_cmd += ["--mode", a.mode]
-        if a.invoice_date:
-            commit_cmd += ["--invoice-date", a.invoice_date]
-        commit = client.submit(commit_after, maps, commit_cmd, pure=False, retries=a.commit_retries,
+        when = (["--mode", a.mode] if a.mode else []) + (["--invoice-date", a.invoice_date] if a.invoice_date else [])
+        before_commit, work = maps, list(maps)
+        if buckets > 1:
+            # With buckets: the stage (the month up to its numbered invoices, once; as heavy as the commit, so on
+            # the same resources and retried as it is), then one reduce per bucket of customers.
+            stage = client.submit(run_after, maps, "stage", [a.cspbill, "shard", "stage", *common, "--plan", plan_id, *when],
+                                  pure=False, retries=a.commit_retries, resources=commit_resources)
+            reduce_cmd = [a.cspbill, "shard", "reduce", *common, "--plan", plan_id, "--bucket"]
+            before_commit = [client.submit(run_after, [stage], f"reduce {k}", [*reduce_cmd, str(k)], pure=False,
+                                           retries=a.retries) for k in range(buckets)]
+            work += [stage, *before_commit]
+        commit_cmd = [a.cspbill, "shard", "commit", *common, "--plan", plan_id, *when]
+        commit = client.submit(run_after, before_commit, "commit", commit_cmd, pure=False, retries=a.commit_retries,
                                resources=commit_resources)
-        # Stop at the first map that fails for good: no commit can follow it.
-        for done in as_completed(maps):
+        # Stop at the first task that fails for good: no commit can follow it.
+        for done in as_completed(work):
             code = failed(done)
             if code:
-                client.cancel([*maps, commit])
+                client.cancel([*work, commit])
                 return code
         wait([commit])
         code = failed(commit)

@@ -32,8 +32,10 @@ pub fn line_parts(rated: LazyFrame, lines: &DataFrame) -> LazyFrame {
         .join(map, keys.clone(), keys, args)
 }
 
-/// `fct_invoice_detail`: every priced rated part, joined to the invoice line its group became.
-pub(super) fn fct_invoice_detail(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame {
+/// `fct_invoice_detail`: every priced rated part, joined to the invoice line its group became, in the rated
+/// parts' order. Given a subset of the parts and the lines of the same customers, it is that subset of the rows
+/// (the job builds it per bucket of customers, `cspbill::buckets`).
+pub fn fct_invoice_detail(rated: LazyFrame, lines: &DataFrame, period: Period) -> LazyFrame {
     line_parts(rated, lines)
         .select([
             col("m_invoice_line_id").alias(det::invoice_line_id),

@@ -35,7 +35,7 @@ use crate::decimal::dec;
 use crate::error::{PipelineError, Result};
 
 pub use adjust::adjustment_lines;
-pub use detail::{invoiced_parts, line_parts};
+pub use detail::{fct_invoice_detail, invoiced_parts, line_parts};
 use frames::{checks, fct_invoice_lines, fct_invoices_frame, fixed};
 use other_lines::{given_adjustments, manual_lines, service_lines};
 pub use fx::{MarketRates, market_rate};
