@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # UNTESTED HERE (no Kubernetes cluster in CI): an example on paper; check it against your cluster before use.
-# Runs one period as three Jobs, one per phase, and waits for each:
+# Runs one period as one Job per phase (plan, map; with buckets also stage and reduce; commit), waiting for each:
 #
 #   deploy/kubernetes/run-period.sh PERIOD IMAGE [nightly|close]
 #
@@ -11,11 +11,11 @@
 # kept (its shards are done), a failed one must be deleted first (the message says so), the commit Job is new.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-period="$1" image="$2" mode="${3:-nightly}" plan_id="" files=""
+period="$1" image="$2" mode="${3:-nightly}" plan_id="" files="" buckets=""
 
 render() {
   sed -e "s|\${PERIOD}|$period|g" -e "s|\${IMAGE}|$image|g" -e "s|\${MODE}|$mode|g" \
-      -e "s|\${PLAN_ID}|$plan_id|g" -e "s|\${FILES}|$files|g" "$here/$1"
+      -e "s|\${PLAN_ID}|$plan_id|g" -e "s|\${FILES}|$files|g" -e "s|\${BUCKETS}|$buckets|g" "$here/$1"
 }
 
 # Waits until the Job is Complete (returns 0) or Failed (returns 1).
@@ -39,13 +39,23 @@ wait_job "cspbill-plan-$period"
 line="$(kubectl logs "job/cspbill-plan-$period" | grep '^{"plan_id"' | tail -n 1)"
 plan_id="$(sed -E 's/.*"plan_id": *"([^"]+)".*/\1/' <<<"$line")"
 files="$(sed -E 's/.*"files": *([0-9]+).*/\1/' <<<"$line")"
-echo "plan $plan_id: $files map shard(s)"
+buckets="$(sed -nE 's/.*"buckets": *([0-9]+).*/\1/p' <<<"$line")"; buckets="${buckets:-1}"
+echo "plan $plan_id: $files map shard(s), $buckets bucket(s)"
 
 # 2. Map: one index per input file.
 render map-job.yaml | kubectl apply -f -
 wait_job "cspbill-map-$plan_id"
 
-# 3. Commit: exits 1 (publishing nothing) if a shard is missing or another run holds the period's lock.
+# 3, 4. With buckets: the stage, then one reduce per bucket.
+if [[ "$buckets" -gt 1 ]]; then
+  kubectl delete job "cspbill-stage-$plan_id" --ignore-not-found --wait=true
+  render stage-job.yaml | kubectl apply -f -
+  wait_job "cspbill-stage-$plan_id"
+  render reduce-job.yaml | kubectl apply -f -
+  wait_job "cspbill-reduce-$plan_id"
+fi
+
+# 5. Commit: exits 1 (publishing nothing) if a shard is missing or another run holds the period's lock.
 kubectl delete job "cspbill-commit-$plan_id" --ignore-not-found --wait=true
 render commit-job.yaml | kubectl apply -f -
 if wait_job "cspbill-commit-$plan_id"; then
