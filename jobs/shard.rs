@@ -74,11 +74,9 @@ pub enum ShardCommand {
         w: WarehouseArgs,
         #[arg(long, value_parser = parse_plan_id)]
         plan: String,
-        /// As the commit will be run: the invoices carry it.
-        #[arg(long, value_enum, default_value_t = ModeArg::Nightly)]
-        mode: ModeArg,
-        #[arg(long, value_parser = crate::cli::parse_date)]
-        invoice_date: Option<NaiveDate>,
+        /// As the commit will be run: the invoices carry both.
+        #[command(flatten)]
+        when: WhenArgs,
     },
     /// With buckets: one bucket's invoice detail, FOCUS rows and per-invoice files (CSV, XLSX, PDF, HTML, FOCUS);
     /// refuses (exit 1) until the stage is done.
@@ -98,12 +96,8 @@ pub enum ShardCommand {
         w: WarehouseArgs,
         #[arg(long, value_parser = parse_plan_id)]
         plan: String,
-        /// `nightly` gives provisional invoices; `close` finalises the period.
-        #[arg(long, value_enum, default_value_t = ModeArg::Nightly)]
-        mode: ModeArg,
-        /// Invoice date (`YYYY-MM-DD`); overrides the config.
-        #[arg(long, value_parser = crate::cli::parse_date)]
-        invoice_date: Option<NaiveDate>,
+        #[command(flatten)]
+        when: WhenArgs,
     },
     /// Which map shards of a plan are done and whether the period's latest commit is this plan's; prints JSON.
     Status {
@@ -120,6 +114,17 @@ pub enum ShardCommand {
         #[arg(long, value_parser = parse_plan_id)]
         plan: String,
     },
+}
+
+/// The mode and invoice date of a commit (and of the stage, whose invoices the commit publishes).
+#[derive(Debug, clap::Args)]
+pub struct WhenArgs {
+    /// `nightly` gives provisional invoices; `close` finalises the period.
+    #[arg(long, value_enum, default_value_t = ModeArg::Nightly)]
+    pub mode: ModeArg,
+    /// Invoice date (`YYYY-MM-DD`); overrides the config.
+    #[arg(long, value_parser = crate::cli::parse_date)]
+    pub invoice_date: Option<NaiveDate>,
 }
 
 /// The config and the warehouse of a shard command.
@@ -274,8 +279,8 @@ pub fn command(cmd: ShardCommand) -> Result<()> {
             Ok(())
         }
         ShardCommand::Map { w, plan, file } => map(&w, &plan, file),
-        ShardCommand::Commit { w, plan, mode, invoice_date } => commit(&w, &plan, mode, invoice_date),
-        ShardCommand::Stage { w, plan, mode, invoice_date } => stage(&w, &plan, mode, invoice_date),
+        ShardCommand::Commit { w, plan, when } => commit(&w, &plan, when.mode, when.invoice_date),
+        ShardCommand::Stage { w, plan, when } => stage(&w, &plan, when.mode, when.invoice_date),
         ShardCommand::Reduce { w, plan, bucket } => reduce(&w, &plan, bucket),
         ShardCommand::Status { w, plan } => {
             let cfg = config::load(&w.config)?;
