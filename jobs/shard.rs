@@ -610,6 +610,9 @@ struct StageDone {
 struct ReduceDone {
     plan_id: String,
     bucket: u32,
+    /// The SHA-256 of the stage's invoices this reduce was built from: a stage run again (say, for another
+    /// invoice date) makes every earlier reduce stale.
+    stage_invoices_sha256: String,
     detail: Obj,
     detail_period_column: Option<usize>,
     focus: Obj,
@@ -747,11 +750,13 @@ pub fn reduce(w: &WarehouseArgs, id: &str, bucket: u32) -> Result<()> {
         return Err(Failure::usage(format!("plan {id} has {} buckets, numbered 0 to {}; there is no --bucket {bucket}", plan.buckets, plan.buckets - 1)).into());
     }
     refuse_unstaged(&wh, &plan)?;
-    if read_json::<ReduceDone>(&wh, &reduce_done_key(id, bucket))?.is_some() {
-        println!("reduce {bucket} of plan {id} was already done");
-        return Ok(());
-    }
     let sd: StageDone = read_json(&wh, &stage_done_key(id))?.context("the stage's done.json vanished")?;
+    if let Some(done) = read_json::<ReduceDone>(&wh, &reduce_done_key(id, bucket))? {
+        if done.stage_invoices_sha256 == sd.invoices.sha256 {
+            println!("reduce {bucket} of plan {id} was already done");
+            return Ok(());
+        }
+    }
     let mode = if sd.mode == "close" { RunMode::Close } else { RunMode::Nightly };
     let (cfg, _pinned, ctx, refs, _m) = period_context(cfg, &wh, &plan, mode, Some(sd.invoice_date))?;
     let spool = spool(&cfg)?;
@@ -783,6 +788,7 @@ pub fn reduce(w: &WarehouseArgs, id: &str, bucket: u32) -> Result<()> {
     let done = ReduceDone {
         plan_id: id.to_string(),
         bucket,
+        stage_invoices_sha256: sd.invoices.sha256.clone(),
         detail: upload(&wh, format!("{rd}/detail.parquet"), &out.detail.path)?,
         detail_period_column: out.detail.period_column,
         focus: upload(&wh, format!("{rd}/focus.parquet"), &out.focus.path)?,
@@ -806,6 +812,13 @@ pub(crate) fn fetch_bucket(wh: &Warehouse, plan: &Plan, k: u32, dir: &Path, peri
     let done: ReduceDone = read_json(wh, &reduce_done_key(id, k))?
         .ok_or_else(|| Failure::invariant(format!("reduce {k} of plan {id} is not done: run `cspbill shard reduce --plan {id} --bucket {k}`")))?;
     let rerun = format!("delete `{}` and run `cspbill shard reduce --plan {id} --bucket {k}` again", reduce_done_key(id, k));
+    let sd: StageDone = read_json(wh, &stage_done_key(id))?.with_context(|| format!("plan {id} is not staged"))?;
+    if done.stage_invoices_sha256 != sd.invoices.sha256 {
+        return Err(Failure::invariant(format!(
+            "reduce {k} of plan {id} was built from an earlier stage (the plan was staged again since): run `cspbill shard reduce --plan {id} --bucket {k}` again; nothing was published"
+        ))
+        .into());
+    }
     let (detail, focus) = (dir.join("detail.parquet"), dir.join("focus.parquet"));
     download(wh, &done.detail, &detail, &rerun)?;
     download(wh, &done.focus, &focus, &rerun)?;

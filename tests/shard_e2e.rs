@@ -372,6 +372,20 @@ fn with_buckets_the_reduces_build_the_invoice_files_and_the_commit_equals_the_si
         let out = run(&["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", "3"]);
         assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
         ok(&b, &["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", "1"]);
+        // Staged again for another invoice date, every reduce is stale: the commit refuses them until they are
+        // run again, and a reduce run again rebuilds rather than reporting "already done".
+        ok(&b, &["shard", "stage", "--config", &cfg, "--plan", &id, "--invoice-date", "2025-07-15"]);
+        let out = run(&["shard", "commit", "--config", &cfg, "--plan", &id, "--invoice-date", "2025-07-15"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("earlier stage"), "{err}");
+        let again = ok(&b, &["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", "0"]);
+        assert!(!String::from_utf8_lossy(&again.stdout).contains("already done"));
+        // Back to the config's invoice date, and every reduce for it.
+        ok(&b, &["shard", "stage", "--config", &cfg, "--plan", &id]);
+        for k in 0..3 {
+            ok(&b, &["shard", "reduce", "--config", &cfg, "--plan", &id, "--bucket", &k.to_string()]);
+        }
         // A commit for another invoice date than the stage's would publish files of other invoices: refused.
         let out = run(&["shard", "commit", "--config", &cfg, "--plan", &id, "--invoice-date", "2025-07-15"]);
         let err = String::from_utf8_lossy(&out.stderr);
