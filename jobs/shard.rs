@@ -450,8 +450,13 @@ pub fn map(w: &WarehouseArgs, id: &str, file: usize) -> Result<()> {
 
 /// The map shards of a plan whose `done.json` is missing.
 pub fn missing_maps(wh: &Warehouse, plan: &Plan) -> Result<Vec<usize>> {
-    let listed: HashSet<String> = wh.list_files(&format!("_shards/{}/map/", plan.plan_id))?.into_iter().collect();
-    Ok((0..plan.files.len()).filter(|n| !listed.contains(&done_key(&plan.plan_id, *n))).collect())
+    missing_done(wh, &format!("_shards/{}/map/", plan.plan_id), 0..plan.files.len(), |n| done_key(&plan.plan_id, n))
+}
+
+/// The tasks among `tasks` whose `done.json` (`key`) is not below `prefix`: one listing, not one read per task.
+fn missing_done<T: Copy>(wh: &Warehouse, prefix: &str, tasks: impl Iterator<Item = T>, key: impl Fn(T) -> String) -> Result<Vec<T>> {
+    let listed: HashSet<String> = wh.list_files(prefix)?.into_iter().collect();
+    Ok(tasks.filter(|t| !listed.contains(&key(*t))).collect())
 }
 
 /// Commits a sharded run of plan `id` (see the module's documentation).
@@ -471,16 +476,19 @@ fn refuse_incomplete(wh: &Warehouse, plan: &Plan) -> Result<()> {
         return Ok(());
     }
     refuse_unstaged(wh, plan)?;
-    let missing = missing_reduces(wh, plan)?;
+    refuse_if_missing(plan, &missing_reduces(wh, plan)?, plan.buckets as usize, "reduce(s)", "--bucket", "reduce", "K")
+}
+
+/// The refusal of a commit while phase tasks are missing: how many, which (`flag` numbers), and what to run.
+fn refuse_if_missing<N: std::fmt::Display>(plan: &Plan, missing: &[N], total: usize, what: &str, flag: &str, command: &str, var: &str) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
     let list = missing.iter().take(20).map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
     Err(Failure::invariant(format!(
-        "shard commit of plan {} refused: {} of {} reduce(s) not done (--bucket {list}{}); run `cspbill shard reduce --plan {} --bucket K` for each, then commit again; nothing was published",
+        "shard commit of plan {} refused: {} of {total} {what} not done ({flag} {list}{}); run `cspbill shard {command} --plan {} {flag} {var}` for each, then commit again; nothing was published",
         plan.plan_id,
         missing.len(),
-        plan.buckets,
         if missing.len() > 20 { ", ..." } else { "" },
         plan.plan_id
     ))
@@ -499,27 +507,13 @@ fn refuse_unstaged(wh: &Warehouse, plan: &Plan) -> Result<()> {
 }
 
 fn refuse_missing(wh: &Warehouse, plan: &Plan) -> Result<()> {
-    let missing = missing_maps(wh, plan)?;
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let list = missing.iter().take(20).map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-    Err(Failure::invariant(format!(
-        "shard commit of plan {} refused: {} of {} map shard(s) not done (--file {list}{}); run `cspbill shard map --plan {} --file N` for each, then commit again; nothing was published",
-        plan.plan_id,
-        missing.len(),
-        plan.files.len(),
-        if missing.len() > 20 { ", ..." } else { "" },
-        plan.plan_id
-    ))
-    .into())
+    refuse_if_missing(plan, &missing_maps(wh, plan)?, plan.files.len(), "map shard(s)", "--file", "map", "N")
 }
 
 /// The inputs of a sharded run's commit: every map shard's typed files, downloaded into the run's spool and
 /// checked against their digests, as staging inputs; and, per input name, the uploaded input its raw landing
-/// copies. Records the plan id in the manifest's `config`.
+/// copies. Records the plan id in the manifest's `config`. Its callers (commit, stage) refuse missing maps first.
 pub(crate) fn typed_inputs(wh: &Warehouse, plan: &Plan, spool: &Spool, m: &mut Manifest) -> Result<(Inputs, HashMap<String, String>)> {
-    refuse_missing(wh, plan)?;
     let period = plan.period()?;
     let mut out = Vec::new();
     let mut raw = HashMap::new();
@@ -802,8 +796,7 @@ pub fn reduce(w: &WarehouseArgs, id: &str, bucket: u32) -> Result<()> {
 
 /// The reduces of a plan whose `done.json` is missing.
 pub fn missing_reduces(wh: &Warehouse, plan: &Plan) -> Result<Vec<u32>> {
-    let listed: HashSet<String> = wh.list_files(&format!("_shards/{}/reduce/", plan.plan_id))?.into_iter().collect();
-    Ok((0..plan.buckets).filter(|k| !listed.contains(&reduce_done_key(&plan.plan_id, *k))).collect())
+    missing_done(wh, &format!("_shards/{}/reduce/", plan.plan_id), 0..plan.buckets, |k| reduce_done_key(&plan.plan_id, k))
 }
 
 /// For the commit: bucket `k`'s finished work, downloaded into `dir` and checked against its digests.

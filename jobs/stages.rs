@@ -373,18 +373,21 @@ pub fn compute(
         pb.set_message("invoice detail, FOCUS and files, by bucket");
         let groups = crate::buckets::customers_by_bucket(&inv.invoices, n)?;
         let mut outs = Vec::with_capacity(groups.len());
-        let subs = if fetch.is_none() { Some(crate::focus::subscription_names(usage.clone(), invoice.clone())?) } else { None };
-        let docs = crate::documents::DocInputs::from_tables(&tables)?;
+        // What building a bucket here reads, once for every bucket (a sharded commit fetches them instead).
+        let here = match fetch {
+            None => Some((crate::focus::subscription_names(usage.clone(), invoice.clone())?, crate::documents::DocInputs::from_tables(&tables)?)),
+            Some(_) => None,
+        };
         for (k, customers) in groups.iter().enumerate() {
             let dir = spool.path(&format!("buckets/{k:05}/"))?;
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating `{}`: {e}", dir.display()))?;
             let out = match fetch {
                 Some(f) => f(k as u32, &dir)?,
                 None => {
-                    let subs = subs.as_ref().ok_or_else(|| anyhow::anyhow!("the FOCUS subscription names were not read"))?;
+                    let (subs, docs) = here.as_ref().ok_or_else(|| anyhow::anyhow!("the inputs of a bucket built here were not read"))?;
                     let (invoices, lines) = (crate::buckets::invoices_of(&inv.invoices, customers)?, crate::buckets::lines_of(&inv.lines, customers)?);
                     crate::buckets::run_bucket(
-                        crate::buckets::BucketInput { ctx, rated: crate::buckets::parts_of(rated.clone(), customers), invoices: &invoices, lines: &lines, subs, issuer, docs: &docs },
+                        crate::buckets::BucketInput { ctx, rated: crate::buckets::parts_of(rated.clone(), customers), invoices: &invoices, lines: &lines, subs, issuer, docs },
                         &dir,
                     )?
                 }
